@@ -1,0 +1,33 @@
+"""The token gate: a shared, atomic budget per deployment in Redis.
+
+    gate = Gate(redis_client, settings.deployments, key_prefix="quotaflow")
+    decision = gate.reserve("gpt-4o", tokens=1200)
+    if decision.outcome is Outcome.GRANTED: call the model, then gate.settle(...)
+
+`budget` knows nothing of Celery; callers turn decisions into retries.
+"""
+
+from budget.errors import (
+    BudgetError,
+    BudgetUnavailable,
+    ContextTooLong,
+    InvalidRequest,
+    NeverAdmissible,
+    QuotaflowError,
+)
+from budget.gate import Admission, BudgetSnapshot, Decision, Gate, Outcome, Reservation
+
+__all__ = [
+    "Admission",
+    "BudgetError",
+    "BudgetSnapshot",
+    "BudgetUnavailable",
+    "ContextTooLong",
+    "Decision",
+    "Gate",
+    "InvalidRequest",
+    "NeverAdmissible",
+    "Outcome",
+    "QuotaflowError",
+    "Reservation",
+]

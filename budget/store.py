@@ -1,0 +1,54 @@
+"""The Redis side of the gate: the Lua scripts, registered once per client.
+
+This module offers atomic operations; `gate.py` decides what to do with them.
+Connection failures become `BudgetUnavailable` here, once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any
+
+import redis
+
+from budget.errors import BudgetUnavailable
+
+_SCRIPTS = ("reserve", "settle", "push", "snapshot")
+
+
+def _load(name: str) -> str:
+    return resources.files("budget").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
+
+
+class ScriptStore:
+    """Runs the gate's scripts with EVALSHA (one round trip each)."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self._scripts = {name: client.register_script(_load(name)) for name in _SCRIPTS}
+
+    def run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        try:
+            return self._scripts[name](keys=list(keys), args=list(args))
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise BudgetUnavailable(
+                f"budget store unreachable ({exc}); nothing is admitted until Redis answers"
+            ) from exc
+        except redis.ResponseError as exc:
+            # e.g. LOADING after a restart, or READONLY on a replica: fail closed too.
+            raise BudgetUnavailable(f"budget store refused the script: {exc}") from exc
+
+    def time(self) -> float:
+        """The Redis server's clock, in seconds."""
+        try:
+            sec, usec = self.client.time()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise BudgetUnavailable(f"budget store unreachable ({exc})") from exc
+        return sec + usec / 1e6
+
+    def lrange(self, key: str) -> list[bytes]:
+        try:
+            return list(self.client.lrange(key, 0, -1))
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise BudgetUnavailable(f"budget store unreachable ({exc})") from exc

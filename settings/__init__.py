@@ -1,0 +1,23 @@
+"""quotaflow settings: read once at the edge (app start, CLI), passed down as objects."""
+
+from settings.config import (
+    AccountingMode,
+    DeploymentSettings,
+    ProviderKind,
+    Settings,
+    SettingsError,
+    describe_validation_error,
+    load_settings,
+    redact_url,
+)
+
+__all__ = [
+    "AccountingMode",
+    "DeploymentSettings",
+    "ProviderKind",
+    "Settings",
+    "SettingsError",
+    "describe_validation_error",
+    "load_settings",
+    "redact_url",
+]

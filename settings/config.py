@@ -1,0 +1,270 @@
+"""quotaflow's configuration, read once at the edge and passed down as plain objects."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+ProviderKind = Literal["openai", "azure", "compatible"]
+AccountingMode = Literal["estimate", "actual"]
+
+
+class SettingsError(ValueError):
+    """Settings that cannot work; the message names each field and what is wrong."""
+
+
+class DeploymentSettings(BaseModel):
+    """One model deployment and the quota the provider gives it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: Name used to route requests and to key the budget in Redis.
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._-]+$")
+    #: Which client to build: OpenAI, AzureOpenAI, or OpenAI against another base URL.
+    kind: ProviderKind = "openai"
+    #: Model name sent to the provider (and used to pick the tokenizer).
+    model: str = Field(min_length=1)
+    #: Base URL of the API; for azure, the resource endpoint.
+    base_url: str | None = None
+    #: Azure OpenAI API version (required for kind=azure).
+    api_version: str | None = None
+    #: Provider API key; never logged, never put in a message.
+    api_key: SecretStr | None = None
+    #: Tokens per minute granted by the provider.
+    tpm: PositiveInt
+    #: Requests per minute granted by the provider.
+    rpm: PositiveInt
+    #: Seconds of quota that may be spent at once. 60 suits OpenAI's bucket; Azure
+    #: checks over 1-10 s intervals and needs a few seconds at most.
+    burst_seconds: float = Field(default=60.0, gt=0, le=60)
+    #: `estimate` keeps the charge made at admission (how openai/azure count);
+    #: `actual` corrects it by real usage at settle (gateways, self-hosted servers).
+    accounting: AccountingMode | None = None
+    #: Context window in tokens: bounds prompts and the charge of unbounded outputs.
+    context_window: PositiveInt = 128_000
+    #: USD per 1M input tokens, for cost reports.
+    price_input_per_1m: float = Field(default=0.0, ge=0)
+    #: USD per 1M output tokens, for cost reports.
+    price_output_per_1m: float = Field(default=0.0, ge=0)
+    #: Seconds before an API call is abandoned as a transient failure.
+    timeout_seconds: PositiveFloat = 60.0
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> DeploymentSettings:
+        if self.kind == "azure" and not self.api_version:
+            raise ValueError("kind 'azure' needs api_version (e.g. '2024-10-21')")
+        if self.kind in ("azure", "compatible") and not self.base_url:
+            raise ValueError(f"kind {self.kind!r} needs base_url")
+        return self
+
+    @property
+    def accounting_mode(self) -> AccountingMode:
+        if self.accounting is not None:
+            return self.accounting
+        return "actual" if self.kind == "compatible" else "estimate"
+
+    @property
+    def token_capacity(self) -> float:
+        """Tokens that may be admitted at once (the bucket's burst)."""
+        return self.tpm * self.burst_seconds / 60.0
+
+    @property
+    def request_capacity(self) -> float:
+        """Requests that may be admitted at once."""
+        return self.rpm * self.burst_seconds / 60.0
+
+
+def _default_deployments() -> list[DeploymentSettings]:
+    return [
+        DeploymentSettings(
+            name="default",
+            kind="compatible",
+            model="gpt-4o-mini",
+            base_url="http://127.0.0.1:8765/v1",
+            api_key=SecretStr("sk-local-simulator"),
+            tpm=30_000,
+            rpm=600,
+            accounting="estimate",
+            price_input_per_1m=0.15,
+            price_output_per_1m=0.60,
+        )
+    ]
+
+
+class Settings(BaseSettings):
+    """Everything quotaflow reads from the environment, `.env` or `quotaflow.toml`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="QUOTAFLOW_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        env_nested_delimiter="__",
+        toml_file="quotaflow.toml",
+        extra="forbid",
+        frozen=True,
+    )
+
+    #: Broker, result backend and budget store. Unset: an embedded private Redis.
+    redis_url: str | None = None
+    #: Prefix of every Redis key quotaflow writes.
+    key_prefix: str = Field(default="quotaflow", min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
+    #: Queue for new work and throttled deferrals.
+    queue: str = Field(default="quotaflow", min_length=1)
+    #: Queue for transient provider failures.
+    retry_queue: str = Field(default="quotaflow.retry", min_length=1)
+    #: Transient failures (429, 5xx, timeouts) allowed per request before dead-lettering.
+    max_retries: int = Field(default=8, ge=0, le=100)
+    #: First backoff step after a transient failure, seconds.
+    backoff_base_seconds: PositiveFloat = 1.0
+    #: Largest backoff, seconds.
+    backoff_cap_seconds: PositiveFloat = 60.0
+    #: A request is booked into a future slot only this far ahead; further, it waits.
+    booking_horizon_seconds: float = Field(default=300.0, ge=0, le=3600)
+    #: A booked task that starts later than this re-books (its slot is gone).
+    late_tolerance_seconds: PositiveFloat = 2.0
+    #: Random extra delay added to unbooked deferrals so they do not return in a herd.
+    defer_jitter_seconds: float = Field(default=2.0, ge=0)
+    #: Longest a deferral may wait; the gate's hint is capped to this.
+    max_defer_seconds: PositiveFloat = 300.0
+    #: Redis visibility timeout: an unacked message is redelivered after this long.
+    visibility_timeout_seconds: PositiveInt = 3600
+    #: Most ETA (deferred) tasks one worker holds in memory.
+    eta_task_limit: PositiveInt = 2000
+    #: Record every admission in Redis (for audits and the conformance tests).
+    admission_log: bool = False
+    #: Where the simulator listens when quotaflow starts one itself.
+    simulator_host: str = "127.0.0.1"
+    simulator_port: int = Field(default=8765, ge=0, le=65535)
+    #: The deployments requests can go to; the first is the default.
+    deployments: list[DeploymentSettings] = Field(default_factory=_default_deployments)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> Settings:
+        if not self.deployments:
+            raise ValueError("deployments: at least one deployment is needed")
+        names = [d.name for d in self.deployments]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"deployments: names must be unique, repeated: {', '.join(dupes)}")
+        if self.queue == self.retry_queue:
+            raise ValueError("queue and retry_queue must differ")
+        longest = max(
+            # A booking starts at most horizon + one burst ahead.
+            self.booking_horizon_seconds + 60 + self.late_tolerance_seconds,
+            self.backoff_cap_seconds,
+            self.max_defer_seconds,
+        )
+        if longest * 2 > self.visibility_timeout_seconds:
+            raise ValueError(
+                f"visibility_timeout_seconds ({self.visibility_timeout_seconds}) must be at "
+                f"least twice the longest countdown ({longest:g}s), or deferred tasks are "
+                "redelivered and run twice"
+            )
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (
+            init_settings,
+            env_settings,
+            dotenv_settings,
+            TomlConfigSettingsSource(settings_cls),
+            file_secret_settings,
+        )
+
+    def deployment(self, name: str | None = None) -> DeploymentSettings:
+        """The named deployment, or the first one when `name` is None."""
+        if name is None:
+            return self.deployments[0]
+        for dep in self.deployments:
+            if dep.name == name:
+                return dep
+        known = ", ".join(d.name for d in self.deployments)
+        raise SettingsError(f"unknown deployment {name!r}; configured: {known}")
+
+
+def load_settings(*, toml_file: Path | None = None, **overrides: object) -> Settings:
+    """Build Settings, turning validation errors into one readable SettingsError."""
+    try:
+        if toml_file is not None:
+            if not toml_file.is_file():
+                raise SettingsError(f"settings file not found: {toml_file}")
+            cls = type(
+                "FileSettings",
+                (Settings,),
+                {"model_config": {**Settings.model_config, "toml_file": toml_file}},
+            )
+            return cls(**overrides)  # type: ignore[arg-type]
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise SettingsError(describe_validation_error(exc)) from exc
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    lines = ["invalid quotaflow settings:"]
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "settings"
+        lines.append(f"  {where}: {err['msg']} (got {_short(err.get('input'))})")
+    lines.append("set them with QUOTAFLOW_* environment variables, .env or quotaflow.toml")
+    return "\n".join(lines)
+
+
+def _short(value: object) -> str:
+    text = repr(_redact(value))
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _redact(value: object) -> object:
+    """Hide secrets that a validation error would otherwise echo back."""
+    if isinstance(value, SecretStr):
+        return "**********"
+    if isinstance(value, dict):
+        return {
+            k: "**********" if "key" in str(k).lower() or "password" in str(k).lower() else _redact(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_redact(v) for v in value]
+    if isinstance(value, str):
+        return redact_url(value)
+    return value
+
+
+def redact_url(url: str) -> str:
+    """`redis://user:secret@host` -> `redis://user:***@host`."""
+    return re.sub(r"(://[^:/@]*:)[^@/]+@", r"\1***@", url)

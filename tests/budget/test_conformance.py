@@ -1,0 +1,140 @@
+"""The conformance rule: over any [t1, t2], admitted <= burst + rate * (t2 - t1)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+
+import pytest
+import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from support.conformance import admitted_share, worst_excess
+from support.hammer import gate_reserve, hammer
+
+from budget import Gate, Outcome
+from settings import DeploymentSettings
+
+#: Float seconds carry microsecond noise: allow a thousandth of a unit.
+EPSILON = 1e-3
+
+
+def check_log(gate: Gate, dep: DeploymentSettings) -> list[tuple[float, int, int]]:
+    rows = [(a.start_at, a.tokens, a.requests) for a in gate.admissions(dep.name)]
+    tok = worst_excess([(t, n) for t, n, _ in rows], capacity=dep.token_capacity, rate=dep.tpm / 60)
+    req = worst_excess(
+        [(t, n) for t, _, n in rows], capacity=dep.request_capacity, rate=dep.rpm / 60
+    )
+    assert tok <= EPSILON, f"tokens overshoot the rule by {tok}"
+    assert req <= EPSILON, f"requests overshoot the rule by {req}"
+    return rows
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    tpm=st.integers(min_value=6_000, max_value=600_000),
+    rpm=st.integers(min_value=600, max_value=60_000),
+    burst=st.floats(min_value=0.05, max_value=1.0),
+    horizon=st.floats(min_value=0.0, max_value=0.3),
+    ops=st.lists(
+        st.tuples(
+            st.sampled_from(["reserve", "reserve", "reserve", "cooldown", "observe", "settle"]),
+            st.floats(min_value=0.0, max_value=1.0),
+            st.floats(min_value=0.0, max_value=0.004),
+        ),
+        min_size=1,
+        max_size=60,
+    ),
+)
+def test_every_admission_sequence_conforms(
+    redis_client: redis.Redis,
+    tpm: int,
+    rpm: int,
+    burst: float,
+    horizon: float,
+    ops: list[tuple[str, float, float]],
+) -> None:
+    dep = DeploymentSettings(
+        name=f"p{uuid.uuid4().hex[:8]}",
+        model="gpt-4o",
+        tpm=tpm,
+        rpm=rpm,
+        burst_seconds=burst,
+        accounting="actual",
+    )
+    if dep.request_capacity < 1:
+        return
+    gate = Gate(redis_client, [dep], horizon_seconds=horizon, admission_log=True)
+    held = []
+    for op, size, pause in ops:
+        if op == "reserve":
+            # Sizes up to just past the burst: "never" must be answered, not admitted.
+            cost = max(1, int(size * dep.token_capacity * 1.05))
+            decision = gate.reserve(dep.name, tokens=cost)
+            if decision.reservation:
+                held.append(decision.reservation)
+            if cost > dep.token_capacity:
+                assert decision.outcome is Outcome.NEVER
+        elif op == "cooldown":
+            gate.cooldown(dep.name, size * 0.01)
+        elif op == "observe":
+            gate.observe(dep.name, {"x-ratelimit-remaining-tokens": str(int(size * tpm))})
+        elif op == "settle" and held:
+            # Only charges: refunds return units, which the log of admissions
+            # (by design) does not subtract.
+            r = held.pop(0)
+            gate.settle(r, actual_tokens=r.tokens + int(size * 10))
+        time.sleep(pause)
+    check_log(gate, dep)
+
+
+def read_then_add(url: str, dep: DeploymentSettings, horizon: float) -> Callable[[int], float]:
+    """The seed article's check: read the budget in one call, add in another."""
+    client = redis.Redis.from_url(url)
+    interval = 60e6 / dep.tpm
+    tolerance = dep.token_capacity * interval
+    key, log = f"racy:{dep.name}:tat", f"quotaflow:{{{dep.name}}}:admissions"
+
+    def reserve(cost: int) -> float:
+        sec, usec = client.time()
+        now = sec * 1_000_000 + usec
+        tat = max(int(client.get(key) or now), now)
+        if tat + cost * interval - tolerance > now:
+            return (tat + cost * interval - tolerance - now) / 1e6
+        client.set(key, int(tat + cost * interval))
+        client.rpush(log, f"{now} {cost} 1 racy")
+        return 0.0
+
+    return reserve
+
+
+HAMMER_DEP = DeploymentSettings(
+    name="hammered", model="gpt-4o", tpm=1_200_000, rpm=120_000, burst_seconds=0.5
+)
+
+
+@pytest.mark.timeout(120)
+def test_many_processes_conform_and_saturate(redis_server, redis_client) -> None:  # type: ignore[no-untyped-def]
+    dep = HAMMER_DEP
+    hammer(gate_reserve, (redis_server.url, dep, 0.2), processes=4, threads=4, seconds=4)
+    gate = Gate(redis_client, [dep], admission_log=True)
+    rows = check_log(gate, dep)
+    assert len(rows) > 50
+    share = admitted_share([(t, n) for t, n, _ in rows], capacity=dep.token_capacity, rate=dep.tpm / 60)
+    print(f"admitted share of the rule: {share:.4f} over {len(rows)} admissions")
+    assert share >= 0.95, f"only {share:.3f} of the allowed tokens were admitted"
+
+
+@pytest.mark.timeout(120)
+def test_the_check_catches_a_read_then_add_gate(redis_server, redis_client) -> None:  # type: ignore[no-untyped-def]
+    """The same hammer against the racy two-call check must overshoot: the test has teeth."""
+    dep = HAMMER_DEP
+    hammer(read_then_add, (redis_server.url, dep, 0.2), processes=4, threads=4, seconds=3)
+    gate = Gate(redis_client, [dep], admission_log=True)
+    rows = [(a.start_at, a.tokens) for a in gate.admissions(dep.name)]
+    assert worst_excess(rows, capacity=dep.token_capacity, rate=dep.tpm / 60) > 1
