@@ -15,6 +15,7 @@ from budget.errors import (
     NeverAdmissible,
     QuotaflowError,
 )
+from budget.estimate import Estimate, encoding_for_model, estimate_request
 from budget.gate import Admission, BudgetSnapshot, Decision, Gate, Outcome, Reservation
 
 __all__ = [
@@ -24,10 +25,13 @@ __all__ = [
     "BudgetUnavailable",
     "ContextTooLong",
     "Decision",
+    "Estimate",
     "Gate",
     "InvalidRequest",
     "NeverAdmissible",
     "Outcome",
     "QuotaflowError",
     "Reservation",
+    "encoding_for_model",
+    "estimate_request",
 ]

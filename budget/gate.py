@@ -186,7 +186,9 @@ class Gate:
         try:
             self.never_admissible(deployment, tokens=tokens, requests=requests)
         except NeverAdmissible as exc:
-            return Decision(Outcome.NEVER, now=self.store.time(), dimension=exc.dimension, error=exc)
+            return Decision(
+                Outcome.NEVER, now=self.store.time(), dimension=exc.dimension, error=exc
+            )
         code, now_us, start_us, wait_us, binding = self.store.run(
             "reserve",
             [lim.keys.tokens, lim.keys.requests, lim.keys.log],

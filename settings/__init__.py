@@ -9,6 +9,7 @@ from settings.config import (
     describe_validation_error,
     load_settings,
     redact_url,
+    settings_env,
 )
 
 __all__ = [
@@ -20,4 +21,5 @@ __all__ = [
     "describe_validation_error",
     "load_settings",
     "redact_url",
+    "settings_env",
 ]

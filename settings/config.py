@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Literal
@@ -176,9 +177,10 @@ class Settings(BaseSettings):
             raise ValueError(f"deployments: names must be unique, repeated: {', '.join(dupes)}")
         if self.queue == self.retry_queue:
             raise ValueError("queue and retry_queue must differ")
+        burst = max(d.burst_seconds for d in self.deployments)
         longest = max(
             # A booking starts at most horizon + one burst ahead.
-            self.booking_horizon_seconds + 60 + self.late_tolerance_seconds,
+            self.booking_horizon_seconds + burst + self.late_tolerance_seconds,
             self.backoff_cap_seconds,
             self.max_defer_seconds,
         )
@@ -255,7 +257,9 @@ def _redact(value: object) -> object:
         return "**********"
     if isinstance(value, dict):
         return {
-            k: "**********" if "key" in str(k).lower() or "password" in str(k).lower() else _redact(v)
+            k: "**********"
+            if "key" in str(k).lower() or "password" in str(k).lower()
+            else _redact(v)
             for k, v in value.items()
         }
     if isinstance(value, list):
@@ -268,3 +272,23 @@ def _redact(value: object) -> object:
 def redact_url(url: str) -> str:
     """`redis://user:secret@host` -> `redis://user:***@host`."""
     return re.sub(r"(://[^:/@]*:)[^@/]+@", r"\1***@", url)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The QUOTAFLOW_* environment that rebuilds `settings` in another process.
+
+    Secrets are included (the child needs them): hand this only to processes you start.
+    """
+    data = settings.model_dump(mode="json", exclude_none=True)
+    data["deployments"] = [
+        {
+            **dep.model_dump(mode="json", exclude_none=True),
+            **({"api_key": dep.api_key.get_secret_value()} if dep.api_key else {}),
+        }
+        for dep in settings.deployments
+    ]
+    env = {}
+    for name, value in data.items():
+        text = value if isinstance(value, str) else json.dumps(value)
+        env[f"QUOTAFLOW_{name.upper()}"] = text
+    return env

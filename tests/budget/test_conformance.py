@@ -125,7 +125,9 @@ def test_many_processes_conform_and_saturate(redis_server, redis_client) -> None
     gate = Gate(redis_client, [dep], admission_log=True)
     rows = check_log(gate, dep)
     assert len(rows) > 50
-    share = admitted_share([(t, n) for t, n, _ in rows], capacity=dep.token_capacity, rate=dep.tpm / 60)
+    share = admitted_share(
+        [(t, n) for t, n, _ in rows], capacity=dep.token_capacity, rate=dep.tpm / 60
+    )
     print(f"admitted share of the rule: {share:.4f} over {len(rows)} admissions")
     assert share >= 0.95, f"only {share:.3f} of the allowed tokens were admitted"
 

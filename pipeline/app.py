@@ -1,0 +1,93 @@
+"""The Celery app: `celery -A pipeline worker -Q quotaflow,quotaflow.retry`.
+
+Settings are read here, once, and installed for the tasks. Everything that makes
+redelivery safe and deferrals cheap is set here in one place.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery, signals
+from kombu import Queue
+
+import tasks  # noqa: F401  - registers the shared tasks with every app
+from settings import Settings, SettingsError, load_settings
+from tasks import runtime
+
+NO_REDIS = (
+    "QUOTAFLOW_REDIS_URL is not set: workers and submitters need a shared Redis "
+    "(e.g. QUOTAFLOW_REDIS_URL=redis://127.0.0.1:6379/0); `quotaflow run` and "
+    "`quotaflow demo` start a private one for you"
+)
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    url = settings.redis_url
+    vt = settings.visibility_timeout_seconds
+    return {
+        # No Redis configured: nothing may be published anywhere (see _refuse_publish).
+        "broker_url": url or "memory://",
+        "result_backend": url or "cache+memory://",
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "event_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        # A killed worker's task is redelivered; settlement and results are idempotent.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        # Deferred tasks are held in worker memory; bound them.
+        "worker_eta_task_limit": settings.eta_task_limit,
+        # Above every countdown the settings allow (checked in Settings).
+        "broker_transport_options": {"visibility_timeout": vt},
+        "result_backend_transport_options": {"visibility_timeout": vt},
+        "visibility_timeout": vt,
+        "broker_connection_retry_on_startup": True,
+        "task_default_queue": settings.queue,
+        "task_queues": (Queue(settings.queue), Queue(settings.retry_queue)),
+        "task_routes": {"quotaflow.*": {"queue": settings.queue}},
+        "task_create_missing_queues": False,
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "task_track_started": True,
+        "result_expires": 7 * 24 * 3600,
+        "result_extended": True,
+        "worker_hijack_root_logger": False,
+    }
+
+
+def create_app(settings: Settings | None = None) -> Celery:
+    settings = settings or load_settings()
+    celery_app = Celery("quotaflow", set_as_current=True)
+    configure(celery_app, settings)
+    return celery_app
+
+
+def configure(celery_app: Celery, settings: Settings) -> None:
+    """(Re)configure an app and the tasks for `settings`."""
+    celery_app.conf.update(celery_config(settings))
+    celery_app.conf.quotaflow_settings = settings
+    runtime.configure(settings)
+
+
+@signals.before_task_publish.connect
+def _refuse_publish(sender: str | None = None, **_: Any) -> None:
+    settings = getattr(app.conf, "quotaflow_settings", None)
+    if (
+        settings is not None
+        and settings.redis_url is None
+        and (sender or "").startswith("quotaflow.")
+    ):
+        raise SettingsError(NO_REDIS)
+
+
+@signals.celeryd_init.connect
+def _check_worker(**_: Any) -> None:
+    settings = getattr(app.conf, "quotaflow_settings", None)
+    if settings is not None and settings.redis_url is None:
+        raise SystemExit(f"quotaflow worker: {NO_REDIS}")
+
+
+app = create_app()

@@ -1,0 +1,118 @@
+"""The OpenAI Batch API formats: reading input lines, writing output lines.
+
+Input, one JSON object per line:
+    {"custom_id": "r1", "method": "POST", "url": "/v1/chat/completions", "body": {...}}
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from budget import QuotaflowError
+
+URLS = ("/v1/chat/completions", "/v1/embeddings")
+MAX_CUSTOM_ID = 512
+
+
+class BatchFileError(QuotaflowError):
+    """The file as a whole cannot be read (missing, not UTF-8, empty)."""
+
+
+@dataclass(frozen=True)
+class BatchLine:
+    """One valid input line."""
+
+    #: 1-based line number in the file.
+    line: int
+    custom_id: str
+    url: str
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class LineError:
+    """One input line that cannot run, and why."""
+
+    line: int
+    #: The line's custom_id when it could be read, else None.
+    custom_id: str | None
+    message: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.message}"
+
+
+def parse_line(number: int, text: str) -> BatchLine | LineError:
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return LineError(number, None, f"not valid JSON ({exc.msg} at column {exc.colno})")
+    if not isinstance(obj, dict):
+        return LineError(number, None, f"must be a JSON object, got {type(obj).__name__}")
+    cid = obj.get("custom_id")
+    if not isinstance(cid, str) or not cid:
+        return LineError(number, None, "custom_id is missing or not a non-empty string")
+    if len(cid) > MAX_CUSTOM_ID:
+        return LineError(number, None, f"custom_id is longer than {MAX_CUSTOM_ID} characters")
+    method = obj.get("method", "POST")
+    if method != "POST":
+        return LineError(number, cid, f"method must be POST, got {method!r}")
+    url = obj.get("url")
+    if url not in URLS:
+        return LineError(number, cid, f"url must be one of {', '.join(URLS)}, got {url!r}")
+    body = obj.get("body")
+    if not isinstance(body, dict):
+        return LineError(number, cid, f"body must be a JSON object, got {type(body).__name__}")
+    return BatchLine(number, cid, url, body)
+
+
+def read_batch(path: Path) -> Iterator[BatchLine | LineError]:
+    """Stream a batch file line by line (a 100k-line file is never held in memory).
+
+    Blank lines are skipped; a repeated custom_id is an error on the later line.
+    """
+    if not path.is_file():
+        raise BatchFileError(f"batch file not found: {path}")
+    seen: set[str] = set()
+    any_line = False
+    try:
+        with path.open(encoding="utf-8") as fh:
+            for number, text in enumerate(fh, start=1):
+                if not text.strip():
+                    continue
+                any_line = True
+                parsed = parse_line(number, text)
+                if isinstance(parsed, BatchLine):
+                    if parsed.custom_id in seen:
+                        parsed = LineError(
+                            number, None, f"custom_id {parsed.custom_id!r} repeats an earlier line"
+                        )
+                    else:
+                        seen.add(parsed.custom_id)
+                yield parsed
+    except UnicodeDecodeError as exc:
+        raise BatchFileError(f"{path} is not UTF-8 text ({exc.reason})") from exc
+    if not any_line:
+        raise BatchFileError(f"{path} is empty: a batch needs at least one request line")
+
+
+def output_error_line(custom_id: str, code: str, message: str, *, status: int | None = None,
+                      request_id: str = "") -> dict[str, Any]:  # fmt: skip
+    """A Batch output line for a request that failed."""
+    response = None
+    if status is not None:
+        response = {
+            "status_code": status,
+            "request_id": request_id,
+            "body": {"error": {"code": code, "message": message}},
+        }
+    return {
+        "id": f"batch_req_{custom_id}",
+        "custom_id": custom_id,
+        "response": response,
+        "error": {"code": code, "message": message},
+    }

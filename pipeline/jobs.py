@@ -1,0 +1,212 @@
+"""Jobs: submit many requests as one, follow them, export results, replay failures."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from budget import InvalidRequest, NeverAdmissible
+from budget.estimate import estimate_request
+from pipeline.batchfile import URLS, BatchLine, LineError, output_error_line, read_batch
+from settings import Settings, SettingsError
+from tasks import TASK_FOR_URL
+from tasks.base import route
+from tasks.jobs import JobStatus, JobStore
+
+ENDPOINT_FOR_URL = {"/v1/chat/completions": "chat", "/v1/embeddings": "embeddings"}
+_PUBLISH_CHUNK = 500
+
+
+@dataclass
+class SubmitReport:
+    """What a submission did."""
+
+    job_id: str
+    #: Requests sent to the queue.
+    submitted: int = 0
+    #: Lines refused at submit, each recorded on the job as failed.
+    rejected: list[LineError] = field(default_factory=list)
+    #: Lines whose custom_id the job already had (a resubmission): not sent again.
+    skipped: int = 0
+    #: Tokens the submitted requests are estimated to cost.
+    tokens_estimated: int = 0
+
+
+def new_job_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+
+
+class Jobs:
+    def __init__(self, settings: Settings, store: JobStore) -> None:
+        self.settings = settings
+        self.store = store
+
+    def check(self, line: BatchLine, deployment: str | None) -> tuple[int, LineError | None]:
+        """Validate a request at submit: what would fail at run fails here, clearly."""
+        try:
+            dep = route(self.settings, line.body, deployment)
+            est = estimate_request(
+                line.body,
+                endpoint=ENDPOINT_FOR_URL[line.url],
+                model=line.body.get("model") or dep.model,
+                context_window=dep.context_window,
+            )
+            for dim, cost, cap in (("tokens", est.total, dep.token_capacity),):
+                if cost > cap:
+                    raise NeverAdmissible(
+                        deployment=dep.name, dimension=dim, requested=cost, capacity=cap
+                    )
+        except (InvalidRequest, NeverAdmissible, SettingsError) as exc:
+            return 0, LineError(line.line, line.custom_id, str(exc))
+        return est.total, None
+
+    def submit(
+        self,
+        lines: Iterable[BatchLine | LineError],
+        *,
+        job_id: str | None = None,
+        deployment: str | None = None,
+        tenant: str | None = None,
+        meta: dict[str, str] | None = None,
+    ) -> SubmitReport:
+        """Queue every valid line; record every invalid one on the job as failed.
+
+        Publishing is chunked; a resubmission of the same job skips custom_ids the job
+        already has, so an interrupted submit can simply be run again.
+        """
+        if deployment is not None:
+            self.settings.deployment(deployment)  # unknown: fail before anything is queued
+        report = SubmitReport(job_id=job_id or new_job_id())
+        self.store.create(report.job_id, meta={**(meta or {}), "tenant": tenant or ""})
+        chunk: list[tuple[BatchLine, int]] = []
+        for item in lines:
+            if isinstance(item, LineError):
+                self._reject(report, item)
+                continue
+            cost, error = self.check(item, deployment)
+            if error is not None:
+                self._reject(report, error)
+                continue
+            chunk.append((item, cost))
+            if len(chunk) >= _PUBLISH_CHUNK:
+                self._publish(report, chunk, deployment, tenant)
+                chunk = []
+        if chunk:
+            self._publish(report, chunk, deployment, tenant)
+        return report
+
+    def _publish(
+        self,
+        report: SubmitReport,
+        chunk: list[tuple[BatchLine, int]],
+        deployment: str | None,
+        tenant: str | None,
+    ) -> None:
+        known = self.store.known(report.job_id, [line.custom_id for line, _ in chunk])
+        fresh = [(line, cost) for (line, cost), k in zip(chunk, known, strict=True) if not k]
+        report.skipped += len(chunk) - len(fresh)
+        # Count them in before publishing: a fast worker must find its request known.
+        self.store.add_queued(
+            report.job_id, [line.custom_id for line, _ in fresh], estimated=sum(c for _, c in fresh)
+        )
+        for line, cost in fresh:
+            TASK_FOR_URL[line.url].apply_async(
+                args=(line.body,),
+                kwargs={
+                    "custom_id": line.custom_id,
+                    "job_id": report.job_id,
+                    "deployment": deployment,
+                    "tenant": tenant,
+                },
+            )
+            report.submitted += 1
+            report.tokens_estimated += cost
+
+    def _reject(self, report: SubmitReport, error: LineError) -> None:
+        report.rejected.append(error)
+        cid = error.custom_id or f"line-{error.line}"
+        self.store.add_queued(report.job_id, [cid])
+        self.store.record_dead(
+            report.job_id,
+            cid,
+            {
+                "custom_id": cid,
+                "job_id": report.job_id,
+                "line": error.line,
+                "body": None,
+                "error": {"code": "invalid_request", "message": str(error)},
+                "replayable": False,
+                "at": time.time(),
+            },
+        )
+
+    def submit_file(self, path: Path, **options: Any) -> SubmitReport:
+        return self.submit(read_batch(path), meta={"source": str(path)}, **options)
+
+    def submit_bodies(
+        self, bodies: Iterable[dict[str, Any]], *, url: str = "/v1/chat/completions", **options: Any
+    ) -> SubmitReport:
+        """Submit request bodies; custom_ids are their positions ("0", "1", ...)."""
+        if url not in URLS:
+            raise InvalidRequest(f"url must be one of {', '.join(URLS)}, got {url!r}")
+        lines = (BatchLine(i + 1, str(i), url, body) for i, body in enumerate(bodies))
+        return self.submit(lines, **options)
+
+    def status(self, job_id: str) -> JobStatus:
+        if not self.store.exists(job_id):
+            raise SettingsError(f"no job {job_id!r}; `quotaflow status` lists the jobs")
+        return self.store.status(job_id)
+
+    def output_lines(self, job_id: str) -> Iterator[dict[str, Any]]:
+        """Every finished request as a Batch output line: results, then failures."""
+        for _, line in self.store.results(job_id):
+            yield line
+        for cid, raw in sorted(self.store.dead_letters(job_id).items()):
+            entry = json.loads(raw)
+            err = entry.get("error") or {}
+            yield output_error_line(
+                cid,
+                str(err.get("code", "error")),
+                str(err.get("message", "")),
+                status=entry.get("status"),
+            )
+
+    def export(self, job_id: str, out: TextIO) -> int:
+        n = 0
+        for line in self.output_lines(job_id):
+            out.write(json.dumps(line, separators=(",", ":")) + "\n")
+            n += 1
+        return n
+
+    def replay(self, job_id: str) -> tuple[int, int]:
+        """Resubmit the job's dead letters; returns (replayed, not replayable).
+
+        Each is queued before its dead letter is claimed, so a crash in between can
+        at worst leave a stale dead letter, never lose a request.
+        """
+        self.status(job_id)
+        replayed = skipped = 0
+        for cid, raw in self.store.dead_letters(job_id).items():
+            entry = json.loads(raw)
+            body = entry.get("body")
+            url = {v: k for k, v in ENDPOINT_FOR_URL.items()}.get(entry.get("endpoint", ""))
+            if entry.get("replayable") is False or not isinstance(body, dict) or url is None:
+                skipped += 1
+                continue
+            TASK_FOR_URL[url].apply_async(
+                args=(body,),
+                kwargs={
+                    "custom_id": cid,
+                    "job_id": job_id,
+                    "deployment": entry.get("deployment"),
+                    "tenant": entry.get("tenant"),
+                },
+            )
+            self.store.claim_dead(job_id, cid, raw)
+            replayed += 1
+        return replayed, skipped

@@ -1,0 +1,203 @@
+"""Calls to the model through the official openai SDK, and the one place its errors
+are classified into transient and permanent.
+
+The SDK's own retries are off (`max_retries=0`): quotaflow owns retries, so that
+every attempt passes the gate and 429s cool the deployment down for all workers.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import re
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import openai
+
+from budget import InvalidRequest
+from settings import DeploymentSettings
+from tasks.errors import PermanentProviderError, ProviderError, TransientProviderError
+
+ENDPOINTS = ("chat", "embeddings")
+#: Statuses worth retrying besides 429 and 5xx.
+_TRANSIENT_STATUSES = {408, 409}
+
+
+@dataclass(frozen=True)
+class ProviderReply:
+    """A successful response."""
+
+    #: The response body as JSON-ready data.
+    body: dict[str, Any]
+    #: Response headers, lower-cased.
+    headers: dict[str, str]
+    #: HTTP status code.
+    status: int
+    #: The provider's request id, when it sends one.
+    request_id: str | None
+    prompt_tokens: int
+    completion_tokens: int
+
+
+_clients: dict[tuple[int, str], openai.OpenAI] = {}
+_clients_lock = threading.Lock()
+
+
+def client_for(dep: DeploymentSettings) -> openai.OpenAI:
+    """One client per deployment per process (a forked child must not share sockets)."""
+    key = (os.getpid(), dep.name)
+    client = _clients.get(key)
+    if client is not None:
+        return client
+    with _clients_lock:
+        client = _clients.get(key)
+        if client is None:
+            client = _build_client(dep)
+            _clients[key] = client
+        return client
+
+
+def _build_client(dep: DeploymentSettings) -> openai.OpenAI:
+    api_key = dep.api_key.get_secret_value() if dep.api_key else None
+    try:
+        if dep.kind == "azure":
+            return openai.AzureOpenAI(
+                azure_endpoint=dep.base_url or "",
+                api_version=dep.api_version,
+                api_key=api_key,
+                max_retries=0,
+                timeout=dep.timeout_seconds,
+            )
+        return openai.OpenAI(
+            api_key=api_key, base_url=dep.base_url, max_retries=0, timeout=dep.timeout_seconds
+        )
+    except openai.OpenAIError as exc:
+        raise PermanentProviderError(
+            f"deployment {dep.name!r} has no API key: set api_key in its settings"
+        ) from exc
+
+
+def _params(method: Any) -> frozenset[str]:
+    return frozenset(inspect.signature(method).parameters) - {"extra_body", "timeout"}
+
+
+_CHAT_PARAMS: frozenset[str] | None = None
+_EMBED_PARAMS: frozenset[str] | None = None
+
+
+def _split(body: Mapping[str, Any], known: frozenset[str]) -> dict[str, Any]:
+    """Known fields become SDK arguments; the rest travel untouched in extra_body."""
+    args = {k: v for k, v in body.items() if k in known}
+    extra = {k: v for k, v in body.items() if k not in known}
+    if extra:
+        args["extra_body"] = extra
+    return args
+
+
+def call(dep: DeploymentSettings, endpoint: str, body: Mapping[str, Any]) -> ProviderReply:
+    """Send one request; raise TransientProviderError or PermanentProviderError."""
+    global _CHAT_PARAMS, _EMBED_PARAMS
+    if endpoint not in ENDPOINTS:
+        raise InvalidRequest(f"unknown endpoint {endpoint!r}; use one of {ENDPOINTS}")
+    if body.get("stream"):
+        raise InvalidRequest("stream=true is not supported for batch work; remove it")
+    client = client_for(dep)
+    request = dict(body)
+    request.setdefault("model", dep.model)
+    if dep.kind == "azure":
+        request["model"] = dep.model  # the Azure deployment name routes the call
+    try:
+        if endpoint == "chat":
+            create = client.chat.completions.with_raw_response.create
+            _CHAT_PARAMS = _CHAT_PARAMS or _params(client.chat.completions.create)
+            raw = create(**_split(request, _CHAT_PARAMS))
+        else:
+            create_e = client.embeddings.with_raw_response.create
+            _EMBED_PARAMS = _EMBED_PARAMS or _params(client.embeddings.create)
+            raw = create_e(**_split(request, _EMBED_PARAMS))
+        parsed = raw.parse()
+    except openai.APIError as exc:
+        raise classify(exc, dep) from None
+    data = parsed.model_dump(mode="json", exclude_unset=True)
+    usage = data.get("usage") or {}
+    prompt = int(usage.get("prompt_tokens") or 0)
+    total = int(usage.get("total_tokens") or prompt)
+    completion = int(usage.get("completion_tokens") or max(0, total - prompt))
+    headers = {k.lower(): v for k, v in raw.headers.items()}
+    return ProviderReply(
+        body=data,
+        headers=headers,
+        status=raw.status_code,
+        request_id=headers.get("x-request-id"),
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+    )
+
+
+def classify(exc: openai.APIError, dep: DeploymentSettings) -> ProviderError:
+    """Turn an SDK error into quotaflow's, with the API key scrubbed from the text."""
+    status = getattr(exc, "status_code", None)
+    body = getattr(exc, "body", None)
+    code = None
+    if isinstance(body, Mapping):
+        code = body.get("code") or (body.get("error") or {}).get("code")
+    message = scrub(str(getattr(exc, "message", None) or exc), dep)
+    err: ProviderError
+    if isinstance(exc, openai.APITimeoutError):
+        err = TransientProviderError(f"timed out after {dep.timeout_seconds:g}s")
+        err.code = "timeout"
+    elif isinstance(exc, openai.APIConnectionError):
+        err = TransientProviderError(f"connection failed: {message}")
+        err.code = "connection_error"
+    elif status == 429:
+        err = TransientProviderError(f"rate limited by the provider (429): {message}")
+        err.code = "rate_limited"
+        response = getattr(exc, "response", None)
+        headers = response.headers if response is not None else {}
+        err.retry_after = retry_after(headers)
+    elif status is not None and (status >= 500 or status in _TRANSIENT_STATUSES):
+        err = TransientProviderError(f"provider error {status}: {message}")
+        err.code = "server_error"
+    else:
+        err = PermanentProviderError(f"provider rejected the request ({status}): {message}")
+        err.code = str(code or _status_code_name(status))
+    err.status = status
+    return err
+
+
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds the provider asks us to wait (`retry-after-ms` wins over `retry-after`)."""
+    lower = {k.lower(): v for k, v in headers.items()}
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = lower.get(name)
+        if value is None:
+            continue
+        try:
+            seconds = float(value) * scale
+        except ValueError:
+            continue
+        if seconds >= 0:
+            return seconds
+    return None
+
+
+def scrub(text: str, dep: DeploymentSettings) -> str:
+    """Remove the API key (and anything shaped like one) from a message."""
+    if dep.api_key:
+        secret = dep.api_key.get_secret_value()
+        if secret:
+            text = text.replace(secret, "***")
+    return re.sub(r"sk-[A-Za-z0-9_\-]{6,}", "sk-***", text)
+
+
+def _status_code_name(status: int | None) -> str:
+    return {
+        400: "invalid_request",
+        401: "authentication_error",
+        403: "permission_denied",
+        404: "not_found",
+        422: "unprocessable_entity",
+    }.get(status or 0, f"http_{status}")
