@@ -67,6 +67,10 @@ def create_app(settings: Settings | None = None) -> Celery:
 
 def configure(celery_app: Celery, settings: Settings) -> None:
     """(Re)configure an app and the tasks for `settings`."""
+    # Pooled broker connections and the result backend were made for the old URL.
+    celery_app.close()
+    if celery_app._local is not None and hasattr(celery_app._local, "backend"):
+        del celery_app._local.backend
     celery_app.conf.update(celery_config(settings))
     celery_app.conf.quotaflow_settings = settings
     runtime.configure(settings)
@@ -85,9 +89,34 @@ def _refuse_publish(sender: str | None = None, **_: Any) -> None:
 
 @signals.celeryd_init.connect
 def _check_worker(**_: Any) -> None:
+    error = getattr(app.conf, "quotaflow_settings_error", None)
+    if error is not None:
+        raise SystemExit(f"quotaflow worker: {error}")
     settings = getattr(app.conf, "quotaflow_settings", None)
     if settings is not None and settings.redis_url is None:
         raise SystemExit(f"quotaflow worker: {NO_REDIS}")
 
 
-app = create_app()
+@signals.worker_init.connect
+def _load_tokenizers(**_: Any) -> None:
+    # Once, in the worker's main process, before the pool forks: otherwise every pool
+    # process loads them on its first task (~0.5 s of CPU each, all at the same moment).
+    from budget.estimate import encoding_for_model
+
+    settings = getattr(app.conf, "quotaflow_settings", None)
+    for dep in settings.deployments if settings is not None else ():
+        encoding_for_model(dep.model)
+
+
+def _default_app() -> Celery:
+    # Importing `pipeline` must not fail on bad settings: the CLI reports them in one
+    # line, and a worker refuses to start with the same message (_check_worker).
+    try:
+        return create_app()
+    except SettingsError as exc:
+        celery_app = Celery("quotaflow", set_as_current=True)
+        celery_app.conf.quotaflow_settings_error = str(exc)
+        return celery_app
+
+
+app = _default_app()

@@ -146,6 +146,9 @@ class Settings(BaseSettings):
     defer_jitter_seconds: float = Field(default=2.0, ge=0)
     #: Longest a deferral may wait; the gate's hint is capped to this.
     max_defer_seconds: PositiveFloat = 300.0
+    #: How long a task holds its message waiting for an unreachable Redis (the gate
+    #: fails closed) before giving up on this delivery.
+    budget_outage_wait_seconds: PositiveFloat = 300.0
     #: Redis visibility timeout: an unacked message is redelivered after this long.
     visibility_timeout_seconds: PositiveInt = 3600
     #: Most ETA (deferred) tasks one worker holds in memory.

@@ -16,7 +16,9 @@ import time
 import uuid
 from typing import Any, NoReturn
 
+import redis
 from celery import Task
+from kombu.exceptions import OperationalError
 
 from budget import (
     BudgetUnavailable,
@@ -41,6 +43,8 @@ H_DEFERRALS = "quotaflow_deferrals"
 H_BOOKING = "quotaflow_booking"
 #: Message header: why this delivery happened ("deferral" or "retry"); none when new.
 H_REASON = "quotaflow_reason"
+#: Redis (budget or broker) unreachable: fail closed, hold the message and wait.
+_OUTAGE = (redis.ConnectionError, redis.TimeoutError, BudgetUnavailable, OperationalError)
 #: A booking this close is waited for in place rather than through the broker.
 INLINE_WAIT_SECONDS = 1.0
 
@@ -85,6 +89,29 @@ class BudgetedTask(Task):  # type: ignore[misc]
         deployment: str | None,
         tenant: str | None,
     ) -> dict[str, Any]:
+        """Run one request; while Redis is unreachable, hold the message and wait."""
+        rt = runtime.current()
+        deadline = time.monotonic() + rt.settings.budget_outage_wait_seconds
+        attempt = 0
+        while True:
+            try:
+                return self._execute_once(body, endpoint, custom_id, job_id, deployment, tenant)
+            except _OUTAGE as exc:
+                if time.monotonic() > deadline:
+                    raise
+                log.error("Redis unreachable (failing closed), request waits: %s", exc)
+                time.sleep(backoff(attempt, base=0.5, cap=5.0, floor=0.2))
+                attempt += 1
+
+    def _execute_once(
+        self,
+        body: dict[str, Any],
+        endpoint: str,
+        custom_id: str | None,
+        job_id: str | None,
+        deployment: str | None,
+        tenant: str | None,
+    ) -> dict[str, Any]:
         rt = runtime.current()
         job = job_id or ADHOC_JOB
         cid = custom_id or str(self.request.id)
@@ -110,7 +137,7 @@ class BudgetedTask(Task):  # type: ignore[misc]
             return self._call(ctx, dep, est, reservation)
         except (InvalidRequest, NeverAdmissible, PermanentProviderError, SettingsError) as exc:
             ctx.dead_letter(exc)
-        except QuotaflowError:
+        except (QuotaflowError, *_OUTAGE):
             raise
         except Exception as exc:
             if _is_celery_control(exc):
@@ -119,29 +146,23 @@ class BudgetedTask(Task):  # type: ignore[misc]
             ctx.dead_letter(exc, code="internal_error")
 
     def _admit(self, ctx: _Context, dep: DeploymentSettings, est: Estimate) -> Reservation:
+        # BudgetUnavailable propagates: `execute` fails closed and waits for Redis.
         rt = ctx.rt
         booking = self._header(H_BOOKING)
-        try:
-            if booking and booking.get("deployment") == dep.name:
-                reservation = Reservation(**booking)
-                early = reservation.start_at - rt.gate.now()
-                if early > INLINE_WAIT_SECONDS:
-                    ctx.defer(early, reservation, f"booked in {early:.1f}s (came back early)")
-                if early > 0:
-                    time.sleep(early)
-                    return reservation
-                if -early <= rt.settings.late_tolerance_seconds:
-                    return reservation
-                # Started too late: the slot has passed and is simply lost
-                # (conservative); book again.
-                log.info(
-                    "request %s started %.1fs late for its slot; booking again", ctx.cid, -early
-                )
-            decision = rt.gate.reserve(dep.name, tokens=est.total, reservation_id=uuid.uuid4().hex)
-        except BudgetUnavailable as exc:
-            # Fail closed: never call the provider unguarded.
-            log.error("budget unavailable, deferring %s: %s", ctx.cid, exc)
-            ctx.defer(backoff(ctx.deferrals, base=1.0, cap=30.0, floor=1.0), None, str(exc))
+        if booking and booking.get("deployment") == dep.name:
+            reservation = Reservation(**booking)
+            early = reservation.start_at - rt.gate.now()
+            if early > INLINE_WAIT_SECONDS:
+                ctx.defer(early, reservation, f"booked in {early:.1f}s (came back early)")
+            if early > 0:
+                time.sleep(early)
+                return reservation
+            if -early <= rt.settings.late_tolerance_seconds:
+                return reservation
+            # Started too late: the slot has passed and is simply lost
+            # (conservative); book again.
+            log.info("request %s started %.1fs late for its slot; booking again", ctx.cid, -early)
+        decision = rt.gate.reserve(dep.name, tokens=est.total, reservation_id=uuid.uuid4().hex)
         ctx.metric("reservations_total", outcome=decision.outcome.value)
         return self._decided(ctx, decision)
 
@@ -183,8 +204,12 @@ class BudgetedTask(Task):  # type: ignore[misc]
             rt.gate.settle(reservation, actual_tokens=0)
             ctx.transient_retry(exc)
         ctx.metric("provider_responses_total", status=str(reply.status))
-        rt.gate.settle(reservation, actual_tokens=reply.prompt_tokens + reply.completion_tokens)
-        rt.gate.observe(dep.name, reply.headers)
+        try:
+            rt.gate.settle(reservation, actual_tokens=reply.prompt_tokens + reply.completion_tokens)
+            rt.gate.observe(dep.name, reply.headers)
+        except BudgetUnavailable as exc:
+            # The call is done and paid for: keep its result; the budget correction is lost.
+            log.error("could not settle %s: %s", reservation.id, exc)
         cost = (
             reply.prompt_tokens * dep.price_input_per_1m
             + reply.completion_tokens * dep.price_output_per_1m

@@ -10,10 +10,18 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-from settings import Settings, settings_env
+from pipeline import app
+from pipeline.app import configure
+from pipeline.jobs import Jobs
+from pipeline.simulator import Simulator
+from settings import DeploymentSettings, Settings, settings_env
+from tasks import runtime
+from tasks.jobs import JobStatus
 
 ROOT = Path(__file__).resolve().parents[2]
+API_KEY = "sk-test-4d1f9c2b7e"
 
 
 class Worker:
@@ -83,3 +91,62 @@ def start_workers(settings: Settings, count: int, **options: object) -> list[Wor
     for w in workers:
         w.wait_ready()
     return workers
+
+
+def cluster_settings(redis_url: str, sim: Simulator, **overrides: Any) -> Settings:
+    dep: dict[str, Any] = {
+        "name": "sim",
+        "kind": "compatible",
+        "model": "gpt-4o-mini",
+        "base_url": sim.url + "/v1",
+        "api_key": API_KEY,
+        "tpm": sim.config.tpm,
+        "rpm": sim.config.rpm,
+        "burst_seconds": 1.0,
+        "accounting": "estimate",
+        "timeout_seconds": 5.0,
+        "price_input_per_1m": 0.15,
+        "price_output_per_1m": 0.6,
+    }
+    dep.update(overrides.pop("deployment", {}))
+    values: dict[str, Any] = {
+        "redis_url": redis_url,
+        "booking_horizon_seconds": 5.0,
+        "late_tolerance_seconds": 1.0,
+        "backoff_base_seconds": 0.2,
+        "backoff_cap_seconds": 2.0,
+        "defer_jitter_seconds": 0.5,
+        "max_defer_seconds": 5.0,
+        "visibility_timeout_seconds": 30,
+        "admission_log": True,
+        "deployments": [DeploymentSettings(**dep)],
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+class Cluster:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        configure(app, settings)
+        self.jobs = Jobs(settings, runtime.current().jobs)
+        self.workers: list[Worker] = []
+
+    def start_workers(self, count: int, **options: Any) -> list[Worker]:
+        started = start_workers(self.settings, count, **options)
+        self.workers.extend(started)
+        return started
+
+    def wait(self, job_id: str, timeout: float = 120) -> JobStatus:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = self.jobs.status(job_id)
+            if status.finished:
+                return status
+            time.sleep(0.2)
+        logs = "\n".join(w.log()[-3000:] for w in self.workers)
+        raise AssertionError(f"job {job_id} unfinished: {self.jobs.status(job_id)}\n{logs}")
+
+    def stop(self) -> None:
+        for w in self.workers:
+            w.stop()

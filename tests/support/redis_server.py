@@ -52,7 +52,7 @@ class RedisServer:
             "--save", "",
             "--dir", str(self.dir),
             "--appendonly", "yes" if self.appendonly else "no",
-            "--appendfsync", "always",
+            "--appendfsync", "everysec",
         ]  # fmt: skip
         if self.password:
             args += ["--requirepass", self.password]

@@ -1,0 +1,10 @@
+FROM python:3.11-slim
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY settings settings
+COPY budget budget
+COPY tasks tasks
+COPY pipeline pipeline
+RUN pip install --no-cache-dir . && useradd --system quotaflow
+USER quotaflow
+CMD ["celery", "-A", "pipeline", "worker", "-Q", "quotaflow,quotaflow.retry", "-P", "threads", "-c", "64", "-l", "info"]
