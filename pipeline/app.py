@@ -12,6 +12,7 @@ from celery import Celery, signals
 from kombu import Queue
 
 import tasks  # noqa: F401  - registers the shared tasks with every app
+from pipeline.compat import guard_restore_unacked
 from settings import Settings, SettingsError, load_settings
 from tasks import runtime
 
@@ -68,7 +69,12 @@ def create_app(settings: Settings | None = None) -> Celery:
 def configure(celery_app: Celery, settings: Settings) -> None:
     """(Re)configure an app and the tasks for `settings`."""
     # Pooled broker connections and the result backend were made for the old URL.
-    celery_app.close()
+    if celery_app._pool is not None:
+        celery_app._pool.force_close_all()
+        celery_app._pool = None
+    amqp = celery_app.__dict__.get("amqp")
+    if amqp is not None:
+        amqp._producer_pool = None
     if celery_app._local is not None and hasattr(celery_app._local, "backend"):
         del celery_app._local.backend
     celery_app.conf.update(celery_config(settings))
@@ -119,4 +125,5 @@ def _default_app() -> Celery:
         return celery_app
 
 
+guard_restore_unacked()
 app = _default_app()

@@ -114,6 +114,13 @@ class Jobs:
         self.store.add_queued(
             report.job_id, [line.custom_id for line, _ in fresh], estimated=sum(c for _, c in fresh)
         )
+        self.store.store_pending(
+            report.job_id,
+            {
+                line.custom_id: _pending(line.url, line.body, deployment, tenant)
+                for line, _ in fresh
+            },
+        )
         for line, cost in fresh:
             TASK_FOR_URL[line.url].apply_async(
                 args=(line.body,),
@@ -198,15 +205,57 @@ class Jobs:
             if entry.get("replayable") is False or not isinstance(body, dict) or url is None:
                 skipped += 1
                 continue
-            TASK_FOR_URL[url].apply_async(
-                args=(body,),
-                kwargs={
-                    "custom_id": cid,
-                    "job_id": job_id,
-                    "deployment": entry.get("deployment"),
-                    "tenant": entry.get("tenant"),
-                },
-            )
+            pending = _pending(url, body, entry.get("deployment"), entry.get("tenant"))
+            self.store.store_pending(job_id, {cid: pending})
+            _send(job_id, cid, pending)
             self.store.claim_dead(job_id, cid, raw)
             replayed += 1
         return replayed, skipped
+
+    def recover(self, job_id: str, *, older_than: float | None = None) -> int:
+        """Send again the unfinished requests whose message was lost.
+
+        A Redis broker can lose a message that was being delivered when the server
+        went away. The job still lists the request as unfinished; once it has been
+        silent for longer than any live message can be (settings.stale_after_seconds),
+        it is sent again. Results are stored once per custom_id, so a false alarm
+        costs at most a second provider call, never a second result.
+        """
+        self.status(job_id)
+        limit = self.settings.stale_after_seconds if older_than is None else older_than
+        stale = self.store.stale(job_id, older_than=limit, include_queued=self._queues_idle())
+        for cid, pending in stale.items():
+            _send(job_id, cid, pending)
+        self.store.touch(job_id, stale)
+        return len(stale)
+
+    def _queues_idle(self) -> bool:
+        """No message waits in either queue (deferred ones are held by workers)."""
+        names = [*_broker_lists(self.settings.queue), *_broker_lists(self.settings.retry_queue)]
+        pipe = self.store.client.pipeline(transaction=False)
+        for name in names:
+            pipe.llen(name)
+        return not any(pipe.execute())
+
+
+def _broker_lists(queue: str) -> list[str]:
+    # kombu's Redis transport keeps one list per priority step; step 0 is the bare name.
+    return [queue, *(f"{queue}\x06\x16{p}" for p in range(1, 10))]
+
+
+def _pending(
+    url: str, body: dict[str, Any], deployment: str | None, tenant: str | None
+) -> dict[str, Any]:
+    return {"url": url, "body": body, "deployment": deployment, "tenant": tenant}
+
+
+def _send(job_id: str, custom_id: str, pending: dict[str, Any]) -> None:
+    TASK_FOR_URL[pending["url"]].apply_async(
+        args=(pending["body"],),
+        kwargs={
+            "custom_id": custom_id,
+            "job_id": job_id,
+            "deployment": pending.get("deployment"),
+            "tenant": pending.get("tenant"),
+        },
+    )

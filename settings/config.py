@@ -180,13 +180,7 @@ class Settings(BaseSettings):
             raise ValueError(f"deployments: names must be unique, repeated: {', '.join(dupes)}")
         if self.queue == self.retry_queue:
             raise ValueError("queue and retry_queue must differ")
-        burst = max(d.burst_seconds for d in self.deployments)
-        longest = max(
-            # A booking starts at most horizon + one burst ahead.
-            self.booking_horizon_seconds + burst + self.late_tolerance_seconds,
-            self.backoff_cap_seconds,
-            self.max_defer_seconds,
-        )
+        longest = self.longest_countdown_seconds
         if longest * 2 > self.visibility_timeout_seconds:
             raise ValueError(
                 f"visibility_timeout_seconds ({self.visibility_timeout_seconds}) must be at "
@@ -194,6 +188,32 @@ class Settings(BaseSettings):
                 "redelivered and run twice"
             )
         return self
+
+    @property
+    def longest_countdown_seconds(self) -> float:
+        """The longest a deferred or retried task can be held before it runs."""
+        burst = max(d.burst_seconds for d in self.deployments)
+        return max(
+            # A booking starts at most horizon + one burst ahead.
+            self.booking_horizon_seconds + burst + self.late_tolerance_seconds,
+            self.backoff_cap_seconds,
+            self.max_defer_seconds,
+        )
+
+    @property
+    def stale_after_seconds(self) -> float:
+        """An unfinished request untouched this long has lost its message.
+
+        Longer than any legitimate silence: a countdown, a call, an outage wait, and
+        the visibility timeout that brings back a dead worker's messages.
+        """
+        call = max(d.timeout_seconds for d in self.deployments)
+        return (
+            self.visibility_timeout_seconds
+            + self.longest_countdown_seconds
+            + self.budget_outage_wait_seconds
+            + call
+        )
 
     @classmethod
     def settings_customise_sources(

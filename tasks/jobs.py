@@ -34,6 +34,8 @@ class JobKeys:
     results: str
     dead: str
     attempts: str
+    pending: str
+    touched: str
 
 
 def job_keys(prefix: str, job_id: str) -> JobKeys:
@@ -46,6 +48,8 @@ def job_keys(prefix: str, job_id: str) -> JobKeys:
         results=f"{tag}:results",
         dead=f"{tag}:dead",
         attempts=f"{tag}:attempts",
+        pending=f"{tag}:pending",
+        touched=f"{tag}:touched",
     )
 
 
@@ -133,7 +137,61 @@ class JobStore:
     def transition(self, job_id: str, custom_id: str, state: str) -> bool:
         assert state in STATES
         k = self.keys(job_id)
-        return bool(self._transition(keys=[k.states, k.counts], args=[custom_id, state, "0"]))
+        return bool(
+            self._transition(
+                keys=[k.states, k.counts, k.touched],
+                args=[custom_id, state, "0", repr(time.time())],
+            )
+        )
+
+    def store_pending(self, job_id: str, requests: dict[str, dict[str, Any]]) -> None:
+        """Keep each request until it finishes, so a lost message can be sent again."""
+        if not requests:
+            return
+        k = self.keys(job_id)
+        now = repr(time.time())
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hset(
+            k.pending,
+            mapping={cid: json.dumps(r, separators=(",", ":")) for cid, r in requests.items()},
+        )
+        pipe.hset(k.touched, mapping=dict.fromkeys(requests, now))
+        pipe.execute()
+
+    def stale(
+        self, job_id: str, *, older_than: float, include_queued: bool
+    ) -> dict[str, dict[str, Any]]:
+        """Unfinished requests untouched for `older_than` seconds: their message is gone.
+
+        A request still "queued" may simply be waiting its turn in the broker's list,
+        however long the backlog; the caller includes those only when the queues
+        are empty.
+        """
+        k = self.keys(job_id)
+        limit = time.time() - older_than
+        cids = [
+            cid.decode()
+            for cid, at in self.client.hscan_iter(k.touched, count=1000)
+            if float(at) < limit
+        ]
+        if not cids:
+            return {}
+        raw = self.client.hmget(k.pending, cids)
+        states = self.client.hmget(k.states, cids)
+        out = {}
+        for cid, r, state in zip(cids, raw, states, strict=True):
+            if r is None or state in (b"done", b"failed"):
+                continue
+            if state == b"queued" and not include_queued:
+                continue
+            out[cid] = json.loads(r)
+        return out
+
+    def touch(self, job_id: str, custom_ids: Iterable[str]) -> None:
+        ids = list(custom_ids)
+        if ids:
+            now = repr(time.time())
+            self.client.hset(self.keys(job_id).touched, mapping=dict.fromkeys(ids, now))
 
     def count(self, job_id: str, field_name: str, amount: int = 1) -> None:
         self.client.hincrby(self.keys(job_id).totals, field_name, amount)
@@ -155,7 +213,7 @@ class JobStore:
         """Store the output line once; False when a result was already stored."""
         k = self.keys(job_id)
         stored = self._record(
-            keys=[k.results, k.states, k.counts, k.totals, k.dead],
+            keys=[k.results, k.states, k.counts, k.totals, k.dead, k.pending, k.touched],
             args=[
                 custom_id,
                 json.dumps(line, separators=(",", ":")),
@@ -181,7 +239,7 @@ class JobStore:
         k = self.keys(job_id)
         return bool(
             self._dead(
-                keys=[k.dead, k.states, k.counts, k.results],
+                keys=[k.dead, k.states, k.counts, k.results, k.pending, k.touched],
                 args=[custom_id, json.dumps(entry, separators=(",", ":"), sort_keys=True)],
             )
         )

@@ -4,6 +4,8 @@
 -- KEYS[2]  state hash of the job
 -- KEYS[3]  counts hash of the job
 -- KEYS[4]  results hash of the job
+-- KEYS[5]  pending hash of the job (the dead letter keeps the request instead)
+-- KEYS[6]  touched hash of the job
 -- ARGV[1]  custom_id
 -- ARGV[2]  entry (JSON)
 --
@@ -13,6 +15,8 @@ if redis.call("HEXISTS", KEYS[4], ARGV[1]) == 1 then
   return 0
 end
 redis.call("HSET", KEYS[1], ARGV[1], ARGV[2])
+redis.call("HDEL", KEYS[5], ARGV[1])
+redis.call("HDEL", KEYS[6], ARGV[1])
 local old = redis.call("HGET", KEYS[2], ARGV[1])
 if old ~= "failed" then
   redis.call("HSET", KEYS[2], ARGV[1], "failed")

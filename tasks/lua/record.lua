@@ -5,6 +5,8 @@
 -- KEYS[3]  counts hash of the job
 -- KEYS[4]  totals hash of the job (token and cost sums)
 -- KEYS[5]  dead-letter hash of the job
+-- KEYS[6]  pending hash of the job (custom_id -> request, until it finishes)
+-- KEYS[7]  touched hash of the job
 -- ARGV[1]  custom_id
 -- ARGV[2]  output line (JSON)
 -- ARGV[3]  prompt tokens, ARGV[4] completion tokens, ARGV[5] cost in USD
@@ -21,6 +23,8 @@ if old ~= "done" then
   redis.call("HINCRBY", KEYS[3], "done", 1)
 end
 redis.call("HDEL", KEYS[5], ARGV[1])
+redis.call("HDEL", KEYS[6], ARGV[1])
+redis.call("HDEL", KEYS[7], ARGV[1])
 redis.call("HINCRBY", KEYS[4], "prompt_tokens", ARGV[3])
 redis.call("HINCRBY", KEYS[4], "completion_tokens", ARGV[4])
 redis.call("HINCRBYFLOAT", KEYS[4], "cost_usd", ARGV[5])
