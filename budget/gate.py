@@ -27,6 +27,12 @@ _DIMENSIONS = {1: "tokens", 2: "requests"}
 #: How long a settled marker is kept: longer than any redelivery can arrive.
 _SETTLED_TTL_SECONDS = 24 * 3600
 _LOG_MAX = 1_000_000
+#: After a provider 429 the rate is multiplied by this (someone else uses the quota)...
+_FACTOR_DECREASE = 0.85
+#: ...and each success adds this back, up to the full rate.
+_FACTOR_INCREASE = 0.002
+#: The rate never drops below this share of the configured one.
+_FACTOR_FLOOR = 0.3
 
 
 class Outcome(enum.Enum):
@@ -97,6 +103,8 @@ class BudgetSnapshot:
     booked_ahead_seconds: float
     #: Seconds left of a provider cooldown (0 when none).
     cooldown_seconds: float
+    #: Share of the configured rate in use (< 1 after provider 429s).
+    rate_factor: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -191,7 +199,7 @@ class Gate:
             )
         code, now_us, start_us, wait_us, binding = self.store.run(
             "reserve",
-            [lim.keys.tokens, lim.keys.requests, lim.keys.log],
+            [lim.keys.tokens, lim.keys.requests, lim.keys.log, lim.keys.factor],
             [
                 tokens,
                 requests,
@@ -253,16 +261,19 @@ class Gate:
         log.warning("deployment %s: provider 429, cooling down %.2fs", deployment, seconds)
         self.store.run(
             "push",
-            [lim.keys.tokens, lim.keys.requests, lim.keys.cooldown],
+            [lim.keys.tokens, lim.keys.requests, lim.keys.cooldown, lim.keys.factor],
             [
                 repr(offset_us + lim.token_tolerance_us),
                 repr(offset_us + lim.request_tolerance_us),
                 max(1, math.ceil(seconds * 1000)),
+                f"x{_FACTOR_DECREASE}",
+                _FACTOR_FLOOR,
             ],
         )
 
     def observe(self, deployment: str, headers: Mapping[str, str]) -> bool:
-        """Match the provider's `x-ratelimit-remaining-*` when it reports less left.
+        """After a successful call: match the provider's `x-ratelimit-remaining-*`
+        when it reports less left, and win back some of the rate a 429 took.
 
         Someone else sharing the key (another tenant, another tool) shows up here.
         Returns True when a bucket moved.
@@ -277,10 +288,10 @@ class Gate:
             remaining = _number(lower.get(f"x-ratelimit-remaining-{dim}"))
             # The bucket holds `remaining` when its TAT is tolerance - remaining ahead.
             args.append("" if remaining is None else repr(tolerance - remaining * interval))
-        if args == ["", ""]:
-            return False
         _, moved = self.store.run(
-            "push", [lim.keys.tokens, lim.keys.requests, lim.keys.cooldown], [*args, 0]
+            "push",
+            [lim.keys.tokens, lim.keys.requests, lim.keys.cooldown, lim.keys.factor],
+            [*args, 0, f"+{_FACTOR_INCREASE}", _FACTOR_FLOOR],
         )
         if moved:
             log.info("deployment %s: provider reports less quota left; gate tightened", deployment)
@@ -288,8 +299,8 @@ class Gate:
 
     def snapshot(self, deployment: str) -> BudgetSnapshot:
         lim = self.limits(deployment)
-        now_us, tok_us, req_us, cool_us = self.store.run(
-            "snapshot", [lim.keys.tokens, lim.keys.requests, lim.keys.cooldown], []
+        now_us, tok_us, req_us, cool_us, factor_ppm = self.store.run(
+            "snapshot", [lim.keys.tokens, lim.keys.requests, lim.keys.cooldown, lim.keys.factor], []
         )
         dep = lim.settings
 
@@ -310,6 +321,7 @@ class Gate:
             requests_capacity=dep.request_capacity,
             booked_ahead_seconds=max(0.0, ahead / _US),
             cooldown_seconds=max(0.0, (cool_us - now_us) / _US),
+            rate_factor=factor_ppm / 1e6,
         )
 
     def now(self) -> float:

@@ -17,6 +17,8 @@ class DeploymentKeys:
     requests: str
     #: When the current provider cooldown ends (Redis microseconds).
     cooldown: str
+    #: Rate factor (<= 1): lowered by provider 429s, raised back by successes.
+    factor: str
     #: Admission log (when enabled): "start_us tokens requests reservation_id".
     log: str
     #: Prefix of the per-reservation settled markers.
@@ -32,6 +34,7 @@ def deployment_keys(prefix: str, deployment: str) -> DeploymentKeys:
         tokens=f"{tag}:tat:tokens",
         requests=f"{tag}:tat:requests",
         cooldown=f"{tag}:cooldown",
+        factor=f"{tag}:factor",
         log=f"{tag}:admissions",
         settled_prefix=f"{tag}:settled:",
     )

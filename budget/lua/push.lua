@@ -1,13 +1,19 @@
 -- push.lua: move buckets later so nothing is admitted before a given point.
 -- Used after a provider 429 (cooldown) and when the provider's headers say less
 -- is left than the gate believes (header sync). It never moves a bucket earlier.
+-- It also adjusts the rate factor: a 429 means someone else shares the quota, so
+-- the gate slows down multiplicatively and speeds up again additively (AIMD).
 --
 -- KEYS[1]  TAT of the token bucket
 -- KEYS[2]  TAT of the request bucket
 -- KEYS[3]  cooldown marker (written when ARGV[3] > 0)
+-- KEYS[4]  rate factor (missing = 1)
 -- ARGV[1]  lowest TAT for tokens, as an offset from now in microseconds ("" = keep)
 -- ARGV[2]  lowest TAT for requests, as an offset from now in microseconds ("" = keep)
 -- ARGV[3]  cooldown length in milliseconds (0 = no marker)
+-- ARGV[4]  rate factor change: "x0.85" multiplies (after a 429), "+0.002" adds
+--          (after a success), "" keeps; the factor stays within [ARGV[5], 1]
+-- ARGV[5]  lowest rate factor
 --
 -- Returns {now_us, moved} where moved counts the buckets that moved.
 
@@ -33,6 +39,23 @@ if cooldown_ms > 0 then
   local current = tonumber(redis.call("GET", KEYS[3]) or 0)
   if until_us > current then
     redis.call("SET", KEYS[3], string.format("%d", until_us), "PX", cooldown_ms)
+  end
+end
+local change = ARGV[4]
+if change ~= "" then
+  local factor = tonumber(redis.call("GET", KEYS[4]) or 1)
+  local amount = tonumber(string.sub(change, 2))
+  if string.sub(change, 1, 1) == "x" then
+    factor = factor * amount
+  else
+    factor = factor + amount
+  end
+  local lowest = tonumber(ARGV[5])
+  if factor < lowest then factor = lowest end
+  if factor >= 1 then
+    redis.call("DEL", KEYS[4])
+  else
+    redis.call("SET", KEYS[4], string.format("%.6f", factor), "EX", 3600)
   end
 end
 return {now, moved}

@@ -8,6 +8,7 @@
 -- KEYS[1]  TAT of the token bucket
 -- KEYS[2]  TAT of the request bucket
 -- KEYS[3]  admission log (list), written only when ARGV[8] == "1"
+-- KEYS[4]  rate factor (0 < f <= 1; missing = 1), lowered by provider 429s
 -- ARGV[1]  token cost
 -- ARGV[2]  request cost
 -- ARGV[3]  microseconds per token   (60e6 / tpm)
@@ -39,8 +40,10 @@ local rid = ARGV[10]
 
 local t = redis.call("TIME")
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local factor = tonumber(redis.call("GET", KEYS[4]) or 1)
 
 local tats = {}
+local increments = {}
 local start = now
 local binding = 0
 local backlog = 0
@@ -49,6 +52,12 @@ for d = 1, 2 do
   if increment > tolerances[d] then
     return {3, now, now, 0, d}
   end
+  -- A lowered factor spaces admissions further apart (never closer), capped at the
+  -- burst so a request that fits at the full rate still fits.
+  local slowed = increment / factor
+  if slowed > tolerances[d] then slowed = tolerances[d] end
+  if slowed > increment then increment = slowed end
+  increments[d] = increment
   local tat = tonumber(redis.call("GET", KEYS[d]) or now)
   if tat < now then tat = now end
   tats[d] = tat
@@ -72,7 +81,7 @@ for d = 1, 2 do
   -- bucket's arrivals in order and the conformance bound exact.
   local base = tats[d]
   if start > base then base = start end
-  local new_tat = math.ceil(base + costs[d] * intervals[d])
+  local new_tat = math.ceil(base + increments[d])
   redis.call("SET", KEYS[d], string.format("%d", new_tat), "PX",
              math.floor((new_tat - now) / 1000) + 1000)
 end

@@ -198,3 +198,30 @@ def test_admission_log_conforms_for_a_sequence(redis_client: redis.Redis) -> Non
     points = [(a.start_at, a.tokens) for a in admissions]
     # Float seconds carry microsecond noise: allow a thousandth of a token.
     assert worst_excess(points, capacity=1000, rate=1000) <= 1e-3
+
+
+def test_a_429_slows_the_rate_and_successes_win_it_back(redis_client: redis.Redis) -> None:
+    gate = make_gate(redis_client, horizon=60)
+    gate.cooldown("d1", 0.001)
+    assert gate.snapshot("d1").rate_factor == pytest.approx(0.85)
+    first = gate.reserve("d1", tokens=500)
+    second = gate.reserve("d1", tokens=500)
+    assert first.reservation is not None and second.reservation is not None
+    # 500 tokens at 1000/s take 0.5 s; at 85% of the rate, 0.5 / 0.85 s.
+    gap = second.reservation.start_at - first.reservation.start_at
+    assert gap == pytest.approx(0.5 / 0.85, abs=0.005)
+    for _ in range(100):
+        gate.observe("d1", {})
+    assert gate.snapshot("d1").rate_factor == 1.0
+
+
+def test_the_rate_factor_has_a_floor_and_never_makes_a_request_inadmissible(
+    redis_client: redis.Redis,
+) -> None:
+    gate = make_gate(redis_client, horizon=600)
+    for _ in range(50):
+        gate.cooldown("d1", 0.001)
+    assert gate.snapshot("d1").rate_factor == pytest.approx(0.3)
+    # A full burst still fits (it is spaced out, not refused for ever).
+    time.sleep(0.01)
+    assert gate.reserve("d1", tokens=1000).outcome in (Outcome.GRANTED, Outcome.BOOKED)
