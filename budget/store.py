@@ -49,6 +49,8 @@ class ScriptStore:
 
     def lrange(self, key: str) -> list[bytes]:
         try:
-            return list(self.client.lrange(key, 0, -1))
+            return [
+                v if isinstance(v, bytes) else v.encode() for v in self.client.lrange(key, 0, -1)
+            ]
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise BudgetUnavailable(f"budget store unreachable ({exc})") from exc

@@ -42,4 +42,4 @@ def guard_restore_unacked() -> None:
             return None
 
     restore_unacked._quotaflow_guarded = True  # type: ignore[attr-defined]
-    qos.restore_unacked = restore_unacked
+    qos.restore_unacked = restore_unacked  # type: ignore[method-assign]

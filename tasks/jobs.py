@@ -20,6 +20,10 @@ STATES = ("queued", "deferred", "running", "retrying", "done", "failed")
 ADHOC_JOB = "adhoc"
 
 
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def _script(client: redis.Redis, name: str) -> Any:
     text = resources.files("tasks").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
     return client.register_script(text)
@@ -105,7 +109,7 @@ class JobStore:
         pipe = self.client.pipeline()
         pipe.hsetnx(k.meta, "created_at", repr(time.time()))
         if meta:
-            pipe.hset(k.meta, mapping=meta)
+            pipe.hset(k.meta, mapping=meta)  # type: ignore[arg-type]
         pipe.zadd(self.index_key, {job_id: time.time()}, nx=True)
         pipe.execute()
 
@@ -232,7 +236,7 @@ class JobStore:
         out = {}
         for cid, raw in self.client.hgetall(self.keys(job_id).attempts).items():
             d, r = raw.split()
-            out[cid.decode()] = (int(d), int(r))
+            out[_text(cid)] = (int(d), int(r))
         return out
 
     def record_dead(self, job_id: str, custom_id: str, entry: dict[str, Any]) -> bool:
@@ -247,7 +251,7 @@ class JobStore:
     def dead_letters(self, job_id: str) -> dict[str, str]:
         """custom_id -> raw entry JSON (raw, so a replay can claim exactly what it read)."""
         raw = self.client.hgetall(self.keys(job_id).dead)
-        return {k.decode(): v.decode() for k, v in raw.items()}
+        return {_text(k): _text(v) for k, v in raw.items()}
 
     def claim_dead(self, job_id: str, custom_id: str, raw_entry: str) -> bool:
         k = self.keys(job_id)
@@ -261,7 +265,7 @@ class JobStore:
         return bool(self.client.exists(self.keys(job_id).meta))
 
     def job_ids(self) -> list[str]:
-        return [j.decode() for j in self.client.zrange(self.index_key, 0, -1)]
+        return [_text(j) for j in self.client.zrange(self.index_key, 0, -1)]
 
     def status(self, job_id: str) -> JobStatus:
         k = self.keys(job_id)

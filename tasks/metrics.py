@@ -53,7 +53,7 @@ class Metrics:
             log.warning("metrics not recorded: %s", exc)
 
     def read(self) -> dict[str, float]:
-        return {k.decode(): float(v) for k, v in self.client.hgetall(self.key).items()}
+        return {_text(k): float(v) for k, v in self.client.hgetall(self.key).items()}
 
     def last_minute(self) -> dict[str, float]:
         """Counters over the current and previous minute buckets (60-120 s of history)."""
@@ -61,5 +61,9 @@ class Metrics:
         out: dict[str, float] = {}
         for m in (now - 1, now):
             for k, v in self.client.hgetall(self.minute_prefix + str(m)).items():
-                out[k.decode()] = out.get(k.decode(), 0.0) + float(v)
+                out[_text(k)] = out.get(_text(k), 0.0) + float(v)
         return out
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
