@@ -69,9 +69,8 @@ def create_app(settings: Settings | None = None) -> Celery:
 def configure(celery_app: Celery, settings: Settings) -> None:
     """(Re)configure an app and the tasks for `settings`."""
     # Pooled broker connections and the result backend were made for the old URL.
-    if celery_app._pool is not None:
-        celery_app._pool.force_close_all()
-        celery_app._pool = None
+    # (kombu's global pools stay open: another app may share them by URL.)
+    celery_app._pool = None
     amqp = celery_app.__dict__.get("amqp")
     if amqp is not None:
         amqp._producer_pool = None

@@ -114,23 +114,12 @@ class Jobs:
         self.store.add_queued(
             report.job_id, [line.custom_id for line, _ in fresh], estimated=sum(c for _, c in fresh)
         )
-        self.store.store_pending(
-            report.job_id,
-            {
-                line.custom_id: _pending(line.url, line.body, deployment, tenant)
-                for line, _ in fresh
-            },
-        )
+        pending = {
+            line.custom_id: _pending(line.url, line.body, deployment, tenant) for line, _ in fresh
+        }
+        self.store.store_pending(report.job_id, pending)
         for line, cost in fresh:
-            TASK_FOR_URL[line.url].apply_async(
-                args=(line.body,),
-                kwargs={
-                    "custom_id": line.custom_id,
-                    "job_id": report.job_id,
-                    "deployment": deployment,
-                    "tenant": tenant,
-                },
-            )
+            _send(report.job_id, line.custom_id, pending[line.custom_id])
             report.submitted += 1
             report.tokens_estimated += cost
 
@@ -216,26 +205,51 @@ class Jobs:
         """Send again the unfinished requests whose message was lost.
 
         A Redis broker can lose a message that was being delivered when the server
-        went away. The job still lists the request as unfinished; once it has been
-        silent for longer than any live message can be (settings.stale_after_seconds),
-        it is sent again. Results are stored once per custom_id, so a false alarm
-        costs at most a second provider call, never a second result.
+        went away. Such a request is unfinished, silent for `older_than` seconds
+        (settings.recover_after_seconds), and its task id is in no queue and held by
+        no worker, twice in a row. Returns how many were sent again. Results are
+        stored once per custom_id, so even a false alarm never duplicates a result.
         """
         self.status(job_id)
-        limit = self.settings.stale_after_seconds if older_than is None else older_than
-        stale = self.store.stale(job_id, older_than=limit, include_queued=self._queues_idle())
-        for cid, pending in stale.items():
-            _send(job_id, cid, pending)
-        self.store.touch(job_id, stale)
-        return len(stale)
+        limit = self.settings.recover_after_seconds if older_than is None else older_than
+        candidates = self.store.stale(job_id, older_than=limit, include_queued=True)
+        if not candidates:
+            return 0
+        # A message moves from a queue list to the unacked hash in two steps; look
+        # twice so one caught in between is not taken for lost.
+        missing = {cid for cid, p in candidates.items() if p["task_id"] not in self._in_broker()}
+        if missing:
+            time.sleep(1.0)
+            present = self._in_broker()
+            missing = {cid for cid in missing if candidates[cid]["task_id"] not in present}
+        still = self.store.stale(job_id, older_than=limit, include_queued=True)
+        lost = {cid: still[cid] for cid in missing if cid in still}
+        if lost:
+            fresh = {cid: {**p, "task_id": uuid.uuid4().hex} for cid, p in lost.items()}
+            self.store.store_pending(job_id, fresh)
+            for cid, p in fresh.items():
+                _send(job_id, cid, p)
+        return len(lost)
 
-    def _queues_idle(self) -> bool:
-        """No message waits in either queue (deferred ones are held by workers)."""
+    def _in_broker(self) -> set[str]:
+        """Task ids of every message waiting in a queue or held (unacked) by a worker."""
+        client = self.store.client
         names = [*_broker_lists(self.settings.queue), *_broker_lists(self.settings.retry_queue)]
-        pipe = self.store.client.pipeline(transaction=False)
+        pipe = client.pipeline(transaction=True)
         for name in names:
-            pipe.llen(name)
-        return not any(pipe.execute())
+            pipe.lrange(name, 0, -1)
+        pipe.hvals("unacked")
+        *lists, unacked = pipe.execute()
+        ids = set()
+        for raw in (m for lst in lists for m in lst):
+            ids.add(_message_id(json.loads(raw)))
+        for raw in unacked:
+            ids.add(_message_id(json.loads(raw)[0]))
+        return ids
+
+
+def _message_id(message: dict[str, Any]) -> str:
+    return str((message.get("headers") or {}).get("id", ""))
 
 
 def _broker_lists(queue: str) -> list[str]:
@@ -246,11 +260,18 @@ def _broker_lists(queue: str) -> list[str]:
 def _pending(
     url: str, body: dict[str, Any], deployment: str | None, tenant: str | None
 ) -> dict[str, Any]:
-    return {"url": url, "body": body, "deployment": deployment, "tenant": tenant}
+    return {
+        "url": url,
+        "body": body,
+        "deployment": deployment,
+        "tenant": tenant,
+        "task_id": uuid.uuid4().hex,
+    }
 
 
 def _send(job_id: str, custom_id: str, pending: dict[str, Any]) -> None:
     TASK_FOR_URL[pending["url"]].apply_async(
+        task_id=pending["task_id"],
         args=(pending["body"],),
         kwargs={
             "custom_id": custom_id,

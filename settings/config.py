@@ -149,6 +149,9 @@ class Settings(BaseSettings):
     #: How long a task holds its message waiting for an unreachable Redis (the gate
     #: fails closed) before giving up on this delivery.
     budget_outage_wait_seconds: PositiveFloat = 300.0
+    #: An unfinished request silent this long is checked for a lost message (one in
+    #: no queue and held by no worker) and sent again if so.
+    recover_after_seconds: PositiveFloat = 60.0
     #: Redis visibility timeout: an unacked message is redelivered after this long.
     visibility_timeout_seconds: PositiveInt = 3600
     #: Most ETA (deferred) tasks one worker holds in memory.
@@ -198,21 +201,6 @@ class Settings(BaseSettings):
             self.booking_horizon_seconds + burst + self.late_tolerance_seconds,
             self.backoff_cap_seconds,
             self.max_defer_seconds,
-        )
-
-    @property
-    def stale_after_seconds(self) -> float:
-        """An unfinished request untouched this long has lost its message.
-
-        Longer than any legitimate silence: a countdown, a call, an outage wait, and
-        the visibility timeout that brings back a dead worker's messages.
-        """
-        call = max(d.timeout_seconds for d in self.deployments)
-        return (
-            self.visibility_timeout_seconds
-            + self.longest_countdown_seconds
-            + self.budget_outage_wait_seconds
-            + call
         )
 
     @classmethod

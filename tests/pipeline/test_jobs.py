@@ -156,3 +156,24 @@ def test_a_huge_batch_streams_without_holding_it_in_memory(
     print(f"\n100k lines submitted in {elapsed:.1f}s; peak RSS grew {grown_mb:.0f} MB")
     # The file is ~40 MB of JSON: streaming keeps growth well below holding it all.
     assert grown_mb < 150
+
+
+def test_recover_resends_only_the_message_the_broker_lost(
+    jobs: Jobs, redis_client: redis.Redis
+) -> None:
+    report = jobs.submit_bodies([chat("a"), chat("b"), chat("c")], job_id="lossy")
+    assert queued(redis_client) == 3
+    # Everything is in the queue: nothing is lost, however old.
+    assert jobs.recover("lossy", older_than=0) == 0
+    # The broker loses one message (popped by a consumer that then died with Redis).
+    lost = json.loads(redis_client.rpop("quotaflow"))
+    held = redis_client.rpop("quotaflow")
+    redis_client.hset("unacked", "tag-1", json.dumps([json.loads(held), "", "quotaflow"]))
+    assert jobs.recover("lossy", older_than=0) == 1
+    assert queued(redis_client) == 2
+    resent = json.loads(redis_client.lindex("quotaflow", 0))
+    assert resent["headers"]["id"] != lost["headers"]["id"]
+    assert resent["headers"]["kwargsrepr"] == lost["headers"]["kwargsrepr"]
+    # Nothing is lost any more; and a young silence is never taken for a loss.
+    assert jobs.recover("lossy", older_than=0) == 0
+    assert jobs.recover(report.job_id) == 0

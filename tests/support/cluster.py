@@ -119,6 +119,7 @@ def cluster_settings(redis_url: str, sim: Simulator, **overrides: Any) -> Settin
         "max_defer_seconds": 5.0,
         "visibility_timeout_seconds": 30,
         "admission_log": True,
+        "recover_after_seconds": 10.0,
         "deployments": [DeploymentSettings(**dep)],
     }
     values.update(overrides)
