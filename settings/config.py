@@ -54,9 +54,11 @@ class DeploymentSettings(BaseModel):
     tpm: PositiveInt
     #: Requests per minute granted by the provider.
     rpm: PositiveInt
-    #: Seconds of quota that may be spent at once. 60 suits OpenAI's bucket; Azure
-    #: checks over 1-10 s intervals and needs a few seconds at most.
-    burst_seconds: float = Field(default=60.0, gt=0, le=60)
+    #: Seconds of quota that may be spent at once. Keep it a little below the
+    #: provider's window (OpenAI's bucket holds 60 s): the gap absorbs calls that
+    #: reach the provider a moment after their slot. Azure checks over 1-10 s
+    #: intervals and needs a few seconds at most.
+    burst_seconds: float = Field(default=50.0, gt=0, le=60)
     #: `estimate` keeps the charge made at admission (how openai/azure count);
     #: `actual` corrects it by real usage at settle (gateways, self-hosted servers).
     accounting: AccountingMode | None = None
@@ -169,8 +171,8 @@ class Settings(BaseSettings):
     def _check_redis_url(cls, value: str | None) -> str | None:
         if value in (None, ""):
             return None
-        if not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must start with redis://, rediss:// or unix://")
+        if not value.startswith(("redis://", "rediss://")):
+            raise ValueError("must start with redis:// or rediss:// (TLS)")
         return value
 
     @model_validator(mode="after")

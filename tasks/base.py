@@ -136,6 +136,8 @@ class BudgetedTask(Task):  # type: ignore[misc]
             reservation = self._admit(ctx, dep, est)
             return self._call(ctx, dep, est, reservation)
         except (InvalidRequest, NeverAdmissible, PermanentProviderError, SettingsError) as exc:
+            if isinstance(exc, PermanentProviderError):
+                ctx.metric("provider_responses_total", status=str(exc.status or exc.code))
             ctx.dead_letter(exc)
         except (QuotaflowError, *_OUTAGE):
             raise

@@ -30,30 +30,64 @@ def bad_lines() -> list[str]:
     return [
         "{truncated",
         json.dumps({"custom_id": "no-url", "method": "POST", "body": ok}),
-        json.dumps({"custom_id": "bad-body", "method": "POST", "url": "/v1/chat/completions",
-                    "body": [1, 2]}),  # fmt: skip
-        json.dumps({"custom_id": "huge", "method": "POST", "url": "/v1/chat/completions",
-                    "body": {**ok, "max_tokens": 100_000}}),  # fmt: skip
-        json.dumps({"custom_id": "long", "method": "POST", "url": "/v1/chat/completions",
-                    "body": {**ok, "messages": [{"role": "user", "content": "x " * 140_000}]}}),
-        # fmt: skip
-        json.dumps({"custom_id": "wrong-type", "method": "POST", "url": "/v1/chat/completions",
-                    "body": {**ok, "max_tokens": "ten"}}),  # fmt: skip
+        json.dumps(
+            {
+                "custom_id": "bad-body",
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": [1, 2],
+            }
+        ),
+        json.dumps(
+            {
+                "custom_id": "huge",
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {**ok, "max_tokens": 100_000},
+            }
+        ),
+        json.dumps(
+            {
+                "custom_id": "long",
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {**ok, "messages": [{"role": "user", "content": "x " * 140_000}]},
+            }
+        ),
+        json.dumps(
+            {
+                "custom_id": "wrong-type",
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {**ok, "max_tokens": "ten"},
+            }
+        ),
     ]
 
 
 def test_chaos_soak(simulator, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     redis_server = RedisServer(appendonly=True).start()
     sim = simulator(
-        tpm=90_000, rpm=3_000, bucket_seconds=2.0, fail_5xx_rate=0.2, timeout_rate=0.1,
-        timeout_hang_seconds=3.0, drop_rate=0.03, neighbour_tpm=15_000, seed=11,
-    )  # fmt: skip
+        tpm=90_000,
+        rpm=3_000,
+        bucket_seconds=2.0,
+        fail_5xx_rate=0.2,
+        timeout_rate=0.1,
+        timeout_hang_seconds=3.0,
+        drop_rate=0.03,
+        neighbour_tpm=15_000,
+        seed=11,
+    )
     c = Cluster(
         cluster_settings(
-            redis_server.url, sim, visibility_timeout_seconds=20, budget_outage_wait_seconds=20,
-            max_retries=12, deployment={"timeout_seconds": 1.0},
+            redis_server.url,
+            sim,
+            visibility_timeout_seconds=20,
+            budget_outage_wait_seconds=20,
+            max_retries=12,
+            deployment={"timeout_seconds": 1.0},
         )
-    )  # fmt: skip
+    )
     rng = random.Random(5)
     events: Counter[str] = Counter()
     t0 = time.monotonic()
@@ -62,8 +96,9 @@ def test_chaos_soak(simulator, tmp_path: Path) -> None:  # type: ignore[no-untyp
         path = tmp_path / "chaos.jsonl"
         good = bodies(N, seed=12)
         lines = [
-            json.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
-                        "body": b})  # fmt: skip
+            json.dumps(
+                {"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions", "body": b}
+            )
             for i, b in enumerate(good)
         ]
         bad = bad_lines()
@@ -116,10 +151,17 @@ def test_chaos_soak(simulator, tmp_path: Path) -> None:  # type: ignore[no-untyp
             for raw in c.jobs.store.dead_letters(report.job_id).values()
         )
         write_report(
-            elapsed=elapsed, status=status, stats=stats, events=events, lost=len(lost),
-            duplicates=duplicates, recovered=recovered, rejected=report.rejected,
-            reasons=reasons, ok=len(got_ok & expected),
-        )  # fmt: skip
+            elapsed=elapsed,
+            status=status,
+            stats=stats,
+            events=events,
+            lost=len(lost),
+            duplicates=duplicates,
+            recovered=recovered,
+            rejected=report.rejected,
+            reasons=reasons,
+            ok=len(got_ok & expected),
+        )
     finally:
         c.stop()
         redis_server.cleanup()

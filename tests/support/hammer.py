@@ -7,6 +7,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import redis
 
@@ -40,9 +41,12 @@ def _process(
     args: tuple[object, ...],
     threads: int,
     seed: int,
-    until: float,
+    seconds: float,
+    start: Any,
 ) -> None:
     reserve = make(*args)
+    start.wait()  # every process is ready: contention starts for all at once
+    until = time.time() + seconds
     workers = [
         threading.Thread(target=_thread, args=(reserve, seed * 100 + i, until))
         for i in range(threads)
@@ -62,13 +66,13 @@ def hammer(
     seconds: float,
 ) -> None:
     ctx = multiprocessing.get_context("spawn")
-    until = time.time() + seconds + 1.5  # spawned interpreters need a moment to start
+    start = ctx.Barrier(processes)
     procs = [
-        ctx.Process(target=_process, args=(make, args, threads, seed, until))
+        ctx.Process(target=_process, args=(make, args, threads, seed, seconds, start))
         for seed in range(processes)
     ]
     for p in procs:
         p.start()
     for p in procs:
-        p.join(timeout=seconds + 60)
+        p.join(timeout=seconds + 120)
         assert p.exitcode == 0, f"hammer process exited with {p.exitcode}"

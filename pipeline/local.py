@@ -1,0 +1,196 @@
+"""Celery workers on this machine, as subprocesses, for `quotaflow run` and `demo`.
+
+    with LocalWorkers(settings, count=2, concurrency=8) as workers:
+        workers.wait_ready()
+        ...
+
+Each worker is `celery -A pipeline worker -Q <queue>,<retry_queue>` with the settings
+passed as QUOTAFLOW_* variables, in its own session, logging to a private directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from types import TracebackType
+
+from budget import QuotaflowError
+from pipeline.embedded import die_with_parent
+from settings import Settings, settings_env
+
+_READY = b" ready."
+
+
+class WorkerError(QuotaflowError):
+    """A local worker did not start or died."""
+
+
+class LocalWorker:
+    """One `celery worker` process (and its pool children)."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log_path: Path, cwd: Path) -> None:
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.proc = subprocess.Popen(
+            args,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            # Its own session: Ctrl-C reaches quotaflow only, which stops workers in order.
+            start_new_session=True,
+            preexec_fn=die_with_parent(),  # noqa: PLW1509 - looked up before the fork
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def ready(self) -> bool:
+        try:
+            return _READY in self.log_path.read_bytes()
+        except OSError:
+            return False
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.strip().splitlines()[-lines:])
+
+    def terminate(self) -> None:
+        """Warm shutdown: the worker finishes the calls in flight, returns the rest."""
+        # To the main process only: pool children reset SIGTERM to its default, so a
+        # signal to the whole group would cut calls off mid-flight (paid, then redone).
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.proc.pid, signal.SIGTERM)
+
+    def kill(self) -> None:
+        """SIGKILL the worker's process group, if its main process is still running."""
+        # Once the main process is gone its pool children die too (celery sets their
+        # parent-death signal), and its pid may be reused: then nothing is sent.
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=5)
+
+    def close(self) -> None:
+        self._log.close()
+
+
+class LocalWorkers:
+    """Start, watch and stop `count` local workers for `settings`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        count: int = 2,
+        concurrency: int = 8,
+        pool: str = "prefork",
+        loglevel: str = "INFO",
+        name: str = "quotaflow-local",
+    ) -> None:
+        if settings.redis_url is None:
+            raise WorkerError("local workers need a Redis URL (configured or embedded)")
+        self.settings = settings
+        self.count = count
+        self.concurrency = concurrency
+        self.pool = pool
+        self.loglevel = loglevel
+        self.name = name
+        self.workers: list[LocalWorker] = []
+        self.dir: Path | None = None
+
+    def start(self) -> LocalWorkers:
+        self.dir = Path(tempfile.mkdtemp(prefix="quotaflow-workers-"))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("QUOTAFLOW_")}
+        env.update(settings_env(self.settings))
+        env["PYTHONUNBUFFERED"] = "1"
+        queues = f"{self.settings.queue},{self.settings.retry_queue}"
+        tag = uuid.uuid4().hex[:6]
+        try:
+            for i in range(self.count):
+                args = [
+                    sys.executable, "-m", "celery", "-A", "pipeline", "worker",
+                    "-Q", queues, "-c", str(self.concurrency), "-P", self.pool,
+                    "-n", f"{self.name}-{i + 1}-{tag}@%h",
+                    "--without-gossip", "--without-mingle", "-l", self.loglevel,
+                ]  # fmt: skip
+                # The cwd is the private directory: every setting comes from the
+                # environment, never from a stray .env or quotaflow.toml.
+                log_path = self.dir / f"worker-{i + 1}.log"
+                self.workers.append(LocalWorker(args, env, log_path, self.dir))
+        except BaseException:
+            self.stop(grace=0)
+            raise
+        return self
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Block until every worker logs " ready."; raise WorkerError if one dies."""
+        deadline = time.monotonic() + timeout
+        while not all(w.ready() for w in self.workers):
+            self.check()
+            if time.monotonic() > deadline:
+                raise WorkerError(
+                    f"local workers not ready after {timeout:g}s:\n{self.workers[0].log_tail()}"
+                )
+            time.sleep(0.1)
+
+    def ready_count(self) -> int:
+        return sum(w.ready() and w.alive() for w in self.workers)
+
+    def check(self) -> None:
+        """Raise WorkerError, with the end of its log, if a worker has exited."""
+        for w in self.workers:
+            if not w.alive():
+                raise WorkerError(
+                    f"a local worker exited with code {w.proc.returncode}:\n{w.log_tail()}"
+                )
+
+    def stop(self, grace: float = 30.0) -> None:
+        """Warm shutdown, then SIGKILL to each worker's process group after `grace` s.
+
+        A second Ctrl-C while waiting kills at once. Idempotent.
+        """
+        try:
+            for w in self.workers:
+                w.terminate()
+            deadline = time.monotonic() + grace
+            for w in self.workers:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    w.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        finally:
+            for w in self.workers:
+                w.kill()
+                w.close()
+            self.workers = []
+            if self.dir is not None:
+                shutil.rmtree(self.dir, ignore_errors=True)
+                self.dir = None
+
+    def __enter__(self) -> LocalWorkers:
+        return self if self.workers else self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

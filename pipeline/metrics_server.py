@@ -1,0 +1,179 @@
+"""Prometheus metrics, read from Redis at scrape time: `quotaflow metrics --port 9464`.
+
+The counters are the cluster-wide ones the tasks keep in Redis (`tasks.metrics`), so
+one endpoint serves the whole cluster whatever the pool or the number of machines.
+Queue depth includes what Flower does not count: deferred (ETA) tasks, which sit
+unacknowledged in the workers' memory and in the broker's `unacked` hash.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from budget import QuotaflowError
+from settings import Settings
+from tasks.metrics import parse_field
+from tasks.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+#: kombu's Redis transport: the hash of delivered, unacknowledged messages.
+UNACKED_KEY = "unacked"
+#: kombu's separator and steps for the per-priority lists of a queue.
+PRIORITY_SEP = "\x06\x16"
+PRIORITY_STEPS = (3, 6, 9)
+
+HELP = {
+    "deliveries_total": "Task deliveries, by queue and reason (new, deferral, retry).",
+    "reservations_total": "Gate answers to reservations, by outcome.",
+    "deferrals_total": "Requests postponed by the budget instead of sent to the provider.",
+    "deferral_seconds_total": "Seconds of postponement handed out by the budget.",
+    "provider_responses_total": "Provider responses, by HTTP status (or error code).",
+    "dead_letters_total": "Requests that failed permanently, by error code.",
+    "tokens_estimated_total": "Tokens charged to the budget at admission.",
+    "tokens_prompt_total": "Prompt tokens reported by the provider.",
+    "tokens_completion_total": "Completion tokens reported by the provider.",
+    "cost_usd_total": "Cost of the actual usage, USD.",
+    "requests_done_total": "Requests completed successfully.",
+}
+
+
+@dataclass(frozen=True)
+class QueueDepth:
+    """What waits in the broker, per queue."""
+
+    #: Messages waiting in the queue's lists (what Flower and LLEN show).
+    ready: dict[str, int] = field(default_factory=dict)
+    #: Deferred tasks: delivered with an ETA, held by a worker until their countdown ends.
+    deferred: dict[str, int] = field(default_factory=dict)
+    #: Every delivered, unacknowledged message: deferred, running or prefetched.
+    unacked: dict[str, int] = field(default_factory=dict)
+
+
+def queue_depth(client: redis.Redis, settings: Settings) -> QueueDepth:
+    queues = (settings.queue, settings.retry_queue)
+    pipe = client.pipeline(transaction=False)
+    for queue in queues:
+        pipe.llen(queue)
+        for step in PRIORITY_STEPS:
+            pipe.llen(f"{queue}{PRIORITY_SEP}{step}")
+    sizes = pipe.execute()
+    per = 1 + len(PRIORITY_STEPS)
+    ready = {q: sum(sizes[i * per : (i + 1) * per]) for i, q in enumerate(queues)}
+    deferred = dict.fromkeys(queues, 0)
+    unacked = dict.fromkeys(queues, 0)
+    # O(unacked): bounded by worker_eta_task_limit per worker.
+    for _, raw in client.hscan_iter(UNACKED_KEY, count=1000):
+        try:
+            message, _exchange, routing_key = json.loads(raw)
+            eta = (message.get("headers") or {}).get("eta")
+        except (ValueError, TypeError, AttributeError):
+            continue
+        if routing_key in unacked:
+            unacked[routing_key] += 1
+            if eta:
+                deferred[routing_key] += 1
+    return QueueDepth(ready=ready, deferred=deferred, unacked=unacked)
+
+
+class QuotaflowCollector(Collector):  # type: ignore[misc]
+    """Reads counters, queue depth and budget state from Redis on every scrape."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("quotaflow_up", "1 when Redis answered this scrape.")
+        try:
+            families = list(self._families())
+        except redis.RedisError as exc:
+            log.warning("metrics scrape: Redis unreachable: %s", exc)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        yield from families
+
+    def _families(self) -> Iterator[Metric]:
+        rt = self.rt
+        series: dict[str, list[tuple[dict[str, str], float]]] = defaultdict(list)
+        for raw, value in rt.metrics.read().items():
+            name, labels = parse_field(raw)
+            series[name].append((labels, value))
+        for name, points in sorted(series.items()):
+            keys = sorted({k for labels, _ in points for k in labels})
+            help_text = HELP.get(name, f"quotaflow counter {name}.")
+            family: Any
+            if name.endswith("_total"):
+                family = CounterMetricFamily(f"quotaflow_{name}", help_text, labels=keys)
+            else:
+                family = GaugeMetricFamily(f"quotaflow_{name}", help_text, labels=keys)
+            for labels, value in points:
+                family.add_metric([labels.get(k, "") for k in keys], value)
+            yield family
+
+        depth = queue_depth(rt.redis, rt.settings)
+        for metric, doc, values in (
+            ("quotaflow_queue_length", "Messages waiting in the queue (LLEN).", depth.ready),
+            (
+                "quotaflow_queue_deferred",
+                "Deferred (ETA) tasks held by workers; Flower does not count these.",
+                depth.deferred,
+            ),
+            (
+                "quotaflow_queue_unacked",
+                "Delivered, unacknowledged messages: deferred, running or prefetched.",
+                depth.unacked,
+            ),
+        ):
+            gauge = GaugeMetricFamily(metric, doc, labels=["queue"])
+            for queue, n in values.items():
+                gauge.add_metric([queue], n)
+            yield gauge
+
+        gauges = {
+            "tokens_available": "Tokens the gate could admit now.",
+            "tokens_capacity": "The gate's burst capacity in tokens.",
+            "requests_available": "Requests the gate could admit now.",
+            "requests_capacity": "The gate's burst capacity in requests.",
+            "booked_ahead_seconds": "Seconds of quota already booked beyond the burst.",
+            "cooldown_seconds": "Seconds left of a provider 429 cooldown.",
+            "rate_factor": "Share of the quota the gate allows now (lowered after 429s).",
+        }
+        budget = {
+            k: GaugeMetricFamily(f"quotaflow_budget_{k}", doc, labels=["deployment"])
+            for k, doc in gauges.items()
+        }
+        for dep in rt.settings.deployments:
+            snap = rt.gate.snapshot(dep.name)
+            for k, gauge in budget.items():
+                gauge.add_metric([dep.name], getattr(snap, k))
+        yield from budget.values()
+
+
+def registry_for(rt: Runtime) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(QuotaflowCollector(rt))
+    return registry
+
+
+def serve(rt: Runtime, *, host: str = "127.0.0.1", port: int = 9464) -> Any:
+    """Serve /metrics in a background thread; returns the server (call `.shutdown()`)."""
+    try:
+        server, _thread = start_http_server(port, addr=host, registry=registry_for(rt))
+    except OSError as exc:
+        raise QuotaflowError(
+            f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}; pick another --port"
+        ) from exc
+    return server
