@@ -11,7 +11,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -19,10 +19,8 @@ from typing import Annotated, Any, NoReturn
 import redis
 import typer
 from kombu.exceptions import OperationalError
-from rich.console import Console, Group, RenderableType
+from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 from rich.text import Text
 
 from budget import QuotaflowError
@@ -30,13 +28,23 @@ from pipeline.app import app as celery_app
 from pipeline.app import configure
 from pipeline.batchfile import BatchFileError, BatchLine, read_batch
 from pipeline.embedded import embedded_redis, sigterm_as_interrupt
-from pipeline.jobs import Jobs, SubmitReport, new_job_id
+from pipeline.jobs import Jobs, new_job_id
 from pipeline.local import LocalWorkers, WorkerError
 from pipeline.metrics_server import queue_depth
+from pipeline.views import (
+    budget_view,
+    console,
+    failures_table,
+    follow,
+    job_table,
+    jobs_table,
+    lines,
+    num,
+    print_rejected,
+    queue_line,
+)
 from settings import Settings, SettingsError, load_settings, redact_url
 from tasks import runtime
-from tasks.jobs import JobStatus
-from tasks.metrics import parse_field
 from tasks.runtime import Runtime
 
 NO_CLUSTER = (
@@ -47,7 +55,6 @@ NO_CLUSTER = (
 
 POOLS = ("prefork", "threads", "gevent", "eventlet", "solo")
 
-console = Console(highlight=False)
 errors = Console(stderr=True, highlight=False)
 
 cli = typer.Typer(
@@ -72,10 +79,6 @@ class _State:
 
 
 _state = _State(config=None)
-
-
-#: How often a followed job is checked for messages the broker lost.
-RECOVER_EVERY_SECONDS = 15.0
 
 
 def _settings() -> Settings:
@@ -121,102 +124,7 @@ def local_cluster(
         yield rt, local
 
 
-# -- live progress ----------------------------------------------------------------------
-
-
-def _num(x: float) -> str:
-    return f"{x:,.0f}"
-
-
-def _budget_line(rt: Runtime, names: list[str]) -> Text:
-    text = Text()
-    for name in names:
-        snap = rt.gate.snapshot(name)
-        used = 1 - snap.tokens_available / snap.tokens_capacity if snap.tokens_capacity else 0
-        text.append(f"budget {name}: ", style="bold")
-        text.append(f"{used:4.0%} of the token burst in use", style="cyan")
-        text.append(f" · {snap.booked_ahead_seconds:.1f}s booked ahead")
-        if snap.cooldown_seconds > 0:
-            text.append(f" · cooling down {snap.cooldown_seconds:.1f}s", style="yellow")
-        text.append("\n")
-    text.rstrip()
-    return text
-
-
-def follow(
-    rt: Runtime,
-    jobs: Jobs,
-    job_id: str,
-    *,
-    local: LocalWorkers | None = None,
-    deployments: list[str] | None = None,
-    extra: Callable[[], RenderableType] | None = None,
-    interval: float = 0.5,
-) -> JobStatus:
-    """Show live progress of a job until it finishes; returns its final status.
-
-    Raises WorkerError if a local worker dies.
-    """
-    names = deployments or [d.name for d in rt.settings.deployments]
-    progress = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(bar_width=None),
-        MofNCompleteColumn(),
-        TextColumn("[red]{task.fields[failed]} failed"),
-        TimeElapsedColumn(),
-        console=console,
-        expand=True,
-    )
-    task = progress.add_task(f"job {job_id}", total=None, failed=0)
-    started = time.monotonic()
-
-    def render(status: JobStatus) -> RenderableType:
-        c = status.counts
-        done, failed = c["done"], c["failed"]
-        progress.update(task, total=max(status.total, 1), completed=done + failed, failed=failed)
-        minutes = max(time.monotonic() - started, 1.0) / 60
-        tokens = status.prompt_tokens + status.completion_tokens
-        line = Text()
-        line.append(f"running {c['running']} · deferred {c['deferred']} · ")
-        line.append(f"retrying {c['retrying']} · queued {c['queued']}")
-        line.append(f"   deferrals {status.deferrals} · retries {status.retries}")
-        line.append(f"   {_num(tokens / minutes)} tokens/min used", style="green")
-        parts: list[RenderableType] = [progress, line, _budget_line(rt, names)]
-        if local is not None and local.workers:
-            ready = local.ready_count()
-            if ready < len(local.workers):
-                parts.append(Text(f"workers starting: {ready}/{len(local.workers)} ready"))
-        if extra is not None:
-            parts.append(extra())
-        return Group(*parts)
-
-    from rich.live import Live
-
-    status = jobs.status(job_id)
-    # A message lost by the broker (a Redis crash mid-delivery) is sent again.
-    next_recover = time.monotonic() + RECOVER_EVERY_SECONDS
-    try:
-        with Live(render(status), console=console, refresh_per_second=4) as live:
-            while not status.finished:
-                time.sleep(interval)
-                if local is not None and local.workers:
-                    local.check()
-                if time.monotonic() >= next_recover:
-                    jobs.recover(job_id)
-                    next_recover = time.monotonic() + RECOVER_EVERY_SECONDS
-                status = jobs.status(job_id)
-                live.update(render(status))
-    finally:
-        if not console.is_terminal:
-            console.line()  # Live ends its last frame with a newline only on a terminal
-    return status
-
-
 # -- output -----------------------------------------------------------------------------
-
-
-def _lines(n: int) -> str:
-    return f"{n} line" if n == 1 else f"{n} lines"
 
 
 def _write_output(jobs: Jobs, job_id: str, path: Path) -> tuple[int, set[str]]:
@@ -244,62 +152,6 @@ def _write_remaining(batch: Path, done: set[str], path: Path) -> int:
                 n += 1
     os.replace(tmp, path)
     return n
-
-
-def _print_rejected(report: SubmitReport, limit: int = 10) -> None:
-    for err in report.rejected[:limit]:
-        console.print(f"[yellow]rejected[/] {escape(str(err))}", soft_wrap=True)
-    if len(report.rejected) > limit:
-        console.print(f"[yellow]... and {len(report.rejected) - limit} more rejected lines[/]")
-
-
-def _failures(jobs: Jobs, job_id: str, limit: int = 8) -> Table | None:
-    dead = jobs.store.dead_letters(job_id)
-    if not dead:
-        return None
-    table = Table(title="failed requests", title_justify="left", show_edge=False)
-    table.add_column("custom_id")
-    table.add_column("error")
-    table.add_column("message", overflow="fold")
-    for cid, raw in sorted(dead.items())[:limit]:
-        err = json.loads(raw).get("error") or {}
-        table.add_row(cid, str(err.get("code", "")), str(err.get("message", ""))[:200])
-    if len(dead) > limit:
-        table.caption = f"{len(dead) - limit} more in the output file"
-    return table
-
-
-def job_table(status: JobStatus, *, title: str, elapsed: float | None = None) -> Table:
-    c = status.counts
-    table = Table(title=title, title_justify="left", show_header=False, box=None)
-    table.add_column(style="bold")
-    table.add_column()
-    table.add_row("requests", f"[green]{c['done']} done[/] · [red]{c['failed']} failed[/] "
-                  f"· {status.total} total")  # fmt: skip
-    pending = status.total - c["done"] - c["failed"]
-    if pending:
-        table.add_row(
-            "in flight",
-            f"{pending} ({c['queued']} queued, {c['deferred']} deferred, "
-            f"{c['running']} running, {c['retrying']} retrying)",
-        )
-    table.add_row(
-        "tokens",
-        f"{_num(status.prompt_tokens)} prompt + {_num(status.completion_tokens)} completion "
-        f"(estimated at submit: {_num(status.tokens_estimated)})",
-    )
-    table.add_row("cost", f"${status.cost_usd:,.4f}")
-    table.add_row("deferrals", f"{status.deferrals} (postponed by the budget, not sent)")
-    table.add_row("retries", f"{status.retries} (transient provider failures)")
-    if elapsed is not None:
-        minutes = max(elapsed, 1e-9) / 60
-        tokens = status.prompt_tokens + status.completion_tokens
-        table.add_row(
-            "elapsed",
-            f"{elapsed:.1f}s · {c['done'] / minutes:,.0f} requests/min · "
-            f"{tokens / minutes:,.0f} tokens/min",
-        )
-    return table
 
 
 # -- commands ---------------------------------------------------------------------------
@@ -375,7 +227,7 @@ def run(
                 + (f", {report.skipped} already in the job" if report.skipped else "")
                 + (f", {len(report.rejected)} lines rejected" if report.rejected else "")
             )
-            _print_rejected(report)
+            print_rejected(report)
             follow(rt, jobs, job_id, local=local, deployments=_names(settings, deployment))
         except (KeyboardInterrupt, WorkerError) as exc:
             # Whatever stops the run, what is done is written out below.
@@ -395,10 +247,10 @@ def run(
             status = jobs.status(job_id)
             elapsed = time.monotonic() - started
             console.print(job_table(status, title=f"job {job_id}", elapsed=elapsed))
-            failures = _failures(jobs, job_id)
+            failures = failures_table(jobs, job_id)
             if failures is not None:
                 console.print(failures)
-        console.print(f"wrote {_lines(written)} to [bold]{escape(str(output))}[/]")
+        console.print(f"wrote {lines(written)} to [bold]{escape(str(output))}[/]")
         if stopped_by is not None:
             _resume_hint(batch, output, done, job_id=job_id, embedded=embedded)
     if isinstance(stopped_by, WorkerError):
@@ -446,9 +298,9 @@ def submit(
     console.print(
         f"job [bold]{report.job_id}[/]: {report.submitted} queued, {report.skipped} skipped "
         f"(already in the job), {len(report.rejected)} rejected, "
-        f"~{_num(report.tokens_estimated)} tokens"
+        f"~{num(report.tokens_estimated)} tokens"
     )
-    _print_rejected(report, limit=50)
+    print_rejected(report, limit=50)
     console.print(f"follow it with: quotaflow status {report.job_id} --watch")
 
 
@@ -461,7 +313,7 @@ def status(
     rt = _cluster()
     jobs = Jobs(rt.settings, rt.jobs)
     if job is None:
-        console.print(_jobs_table(jobs))
+        console.print(jobs_table(jobs))
         return
     current = jobs.status(job)
     if watch and not current.finished:
@@ -469,31 +321,7 @@ def status(
             current = follow(rt, jobs, job)
     console.print(job_table(current, title=f"job {job}"))
     depth = queue_depth(rt.redis, rt.settings)
-    console.print(_queue_line(depth.ready, depth.deferred), soft_wrap=True)
-
-
-def _jobs_table(jobs: Jobs, limit: int = 30) -> Table | str:
-    ids = jobs.store.job_ids()
-    if not ids:
-        return "no jobs yet: quotaflow submit BATCH.jsonl"
-    table = Table(title=f"jobs ({len(ids)})", title_justify="left")
-    for col in ("job", "created", "total", "done", "failed", "pending", "cost"):
-        table.add_column(col, justify="right" if col not in ("job", "created") else "left")
-    for job_id in ids[-limit:]:
-        s = jobs.store.status(job_id)
-        c = s.counts
-        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.created_at))
-        pending = s.total - c["done"] - c["failed"]
-        table.add_row(job_id, created, str(s.total), str(c["done"]), str(c["failed"]),
-                      str(pending), f"${s.cost_usd:,.4f}")  # fmt: skip
-    if len(ids) > limit:
-        table.caption = f"the {limit} most recent of {len(ids)}"
-    return table
-
-
-def _queue_line(ready: dict[str, int], deferred: dict[str, int]) -> str:
-    parts = [f"{q}: {ready[q]} waiting, {deferred.get(q, 0)} deferred" for q in ready]
-    return "queues: " + " · ".join(parts)
+    console.print(queue_line(depth.ready, depth.deferred), soft_wrap=True)
 
 
 @cli.command()
@@ -511,7 +339,7 @@ def results(
         jobs.export(job, sys.stdout)
     else:
         n, _ = _write_output(jobs, job, output)
-        console.print(f"wrote {_lines(n)} to {escape(str(output))}")
+        console.print(f"wrote {lines(n)} to {escape(str(output))}")
     if not current.finished:
         pending = current.total - current.counts["done"] - current.counts["failed"]
         errors.print(f"[yellow]job {job} is not finished: {pending} requests still pending[/]")
@@ -532,55 +360,6 @@ def recover(job: Annotated[str, typer.Argument(help="job id")]) -> None:
     rt = _cluster()
     n = Jobs(rt.settings, rt.jobs).recover(job)
     console.print(f"job {job}: {n} lost requests sent again")
-
-
-def budget_view(rt: Runtime) -> Group:
-    """Per deployment: the gate's state now, and what happened in the last minute."""
-    recent: dict[str, dict[str, float]] = {}
-    for raw, value in rt.metrics.last_minute().items():
-        name, labels = parse_field(raw)
-        per = recent.setdefault(labels.get("deployment", ""), {})
-        if name == "deferrals_total":
-            per["deferrals"] = per.get("deferrals", 0) + value
-        elif name == "provider_responses_total" and labels.get("status") == "429":
-            per["429"] = per.get("429", 0) + value
-        elif name == "reservations_total":
-            key = "res:" + labels.get("outcome", "")
-            per[key] = per.get(key, 0) + value
-    table = Table(title="budget", title_justify="left")
-    table.add_column("deployment")
-    table.add_column("tokens free / burst", justify="right")
-    table.add_column("requests free / burst", justify="right")
-    table.add_column("booked ahead", justify="right")
-    table.add_column("cooldown", justify="right")
-    table.add_column("deferrals*", justify="right")
-    table.add_column("429s*", justify="right")
-    table.add_column("granted/booked/wait/never*", justify="right")
-    table.add_column("rate", justify="right")
-    for dep in rt.settings.deployments:
-        snap = rt.gate.snapshot(dep.name)
-        per = recent.get(dep.name, {})
-        outcomes = "/".join(
-            _num(per.get(f"res:{o}", 0)) for o in ("granted", "booked", "wait", "never")
-        )
-        table.add_row(
-            dep.name,
-            f"{_num(snap.tokens_available)} / {_num(snap.tokens_capacity)}",
-            f"{_num(snap.requests_available)} / {_num(snap.requests_capacity)}",
-            f"{snap.booked_ahead_seconds:.1f}s",
-            f"{snap.cooldown_seconds:.1f}s",
-            _num(per.get("deferrals", 0)),
-            _num(per.get("429", 0)),
-            outcomes,
-            f"{snap.rate_factor:.0%}",
-        )
-    table.caption = (
-        "* in this clock minute and the one before. rate: the share of the quota the gate "
-        "allows now (lowered after a provider 429, won back by successes)"
-    )
-    table.caption_justify = "left"
-    depth = queue_depth(rt.redis, rt.settings)
-    return Group(table, Text(_queue_line(depth.ready, depth.deferred)))
 
 
 @cli.command()

@@ -139,6 +139,7 @@ def test_status_of_an_unknown_job_says_how_to_find_one(jobs: Jobs) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_a_huge_batch_streams_without_holding_it_in_memory(
     jobs: Jobs, tmp_path: Path, redis_client: redis.Redis
 ) -> None:
