@@ -388,10 +388,17 @@ def budget(
     add_help_option=False,
 )
 def simulate(ctx: typer.Context) -> None:
-    """Run the rate-limited provider simulator (flags: quotaflow simulate --help)."""
+    """Run the rate-limited provider simulator (flags: quotaflow simulate --help).
+
+    Listens on 127.0.0.1:8765 unless --host/--port say otherwise: the address the
+    default deployment and the README expect.
+    """
     from pipeline import simulator
 
-    raise typer.Exit(simulator.main(list(ctx.args)))
+    args = list(ctx.args)
+    if not any(a == "--port" or a.startswith("--port=") for a in args):
+        args += ["--port", "8765"]
+    raise typer.Exit(simulator.main(args))
 
 
 @cli.command()
