@@ -56,9 +56,9 @@ class DeploymentSettings(BaseModel):
     rpm: PositiveInt
     #: Seconds of quota that may be spent at once. Keep it a little below the
     #: provider's window (OpenAI's bucket holds 60 s): the gap absorbs calls that
-    #: reach the provider a moment after their slot. Azure checks over 1-10 s
-    #: intervals and needs a few seconds at most.
-    burst_seconds: float = Field(default=50.0, gt=0, le=60)
+    #: reach the provider a moment after their slot (up to late_tolerance_seconds).
+    #: Azure checks over 1-10 s intervals and needs a few seconds at most.
+    burst_seconds: float = Field(default=58.0, gt=0, le=60)
     #: `estimate` keeps the charge made at admission (how openai/azure count);
     #: `actual` corrects it by real usage at settle (gateways, self-hosted servers).
     accounting: AccountingMode | None = None

@@ -11,8 +11,9 @@
 -- ARGV[1]  lowest TAT for tokens, as an offset from now in microseconds ("" = keep)
 -- ARGV[2]  lowest TAT for requests, as an offset from now in microseconds ("" = keep)
 -- ARGV[3]  cooldown length in milliseconds (0 = no marker)
--- ARGV[4]  rate factor change: "x0.85" multiplies (after a 429), "+0.002" adds
---          (after a success), "" keeps; the factor stays within [ARGV[5], 1]
+-- ARGV[4]  rate factor change: "x0.85" multiplies (after a 429; ignored while a
+--          cooldown is already running), "+0.002" adds (after a success), "" keeps;
+--          the factor stays within [ARGV[5], 1]
 -- ARGV[5]  lowest rate factor
 --
 -- Returns {now_us, moved} where moved counts the buckets that moved.
@@ -21,6 +22,9 @@ if redis.replicate_commands then redis.replicate_commands() end
 
 local t = redis.call("TIME")
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+-- The 429s of one overload arrive together: slow down once per cooldown, not once
+-- per refused call.
+local cooling = redis.call("EXISTS", KEYS[3]) == 1
 local moved = 0
 for d = 1, 2 do
   if ARGV[d] ~= "" then
@@ -42,6 +46,7 @@ if cooldown_ms > 0 then
   end
 end
 local change = ARGV[4]
+if string.sub(change, 1, 1) == "x" and cooling then change = "" end
 if change ~= "" then
   local factor = tonumber(redis.call("GET", KEYS[4]) or 1)
   local amount = tonumber(string.sub(change, 2))

@@ -221,7 +221,15 @@ def test_the_rate_factor_has_a_floor_and_never_makes_a_request_inadmissible(
     gate = make_gate(redis_client, horizon=600)
     for _ in range(50):
         gate.cooldown("d1", 0.001)
+        time.sleep(0.002)  # each its own overload: the cooldown before has ended
     assert gate.snapshot("d1").rate_factor == pytest.approx(0.3)
     # A full burst still fits (it is spaced out, not refused for ever).
     time.sleep(0.01)
     assert gate.reserve("d1", tokens=1000).outcome in (Outcome.GRANTED, Outcome.BOOKED)
+
+
+def test_the_429s_of_one_overload_slow_the_rate_once(redis_client: redis.Redis) -> None:
+    gate = make_gate(redis_client, horizon=60)
+    for _ in range(5):  # five workers refused in the same moment
+        gate.cooldown("d1", 1.0)
+    assert gate.snapshot("d1").rate_factor == pytest.approx(0.85)

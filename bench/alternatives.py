@@ -1,0 +1,328 @@
+"""The strategies quotaflow is compared with, as their users would write them.
+
+`celery -A bench.alternatives worker` runs the three Celery ones on their own app and
+queue (same Redis as quotaflow, no quotaflow code):
+
+- `bench.naive`: no gate; on the provider's 429, retry with exponential backoff and full
+  jitter (what `autoretry_for=(RateLimitError,)`, `retry_backoff=True`, `retry_jitter=True`,
+  `max_retries=5` do).
+- `bench.ratelimited`: the same, plus Celery's `rate_limit`, which each worker process
+  enforces on its own and which counts tasks, not tokens (`BENCH_RATE_LIMIT`).
+- `bench.article`: the reference article's budget check: a fixed one-minute window,
+  read then add in two Redis calls, a fixed 10 s requeue when refused and 20 s after a
+  failed call.
+
+`run_pacer` is the fifth: one process, asyncio, paced like the OpenAI cookbook's
+`api_request_parallel_processor.py`. No Celery.
+
+Every time constant is given in real seconds and divided by the run's time scale (`scale`
+in the params), exactly as the simulator's minute is. Celery's own `retry_backoff` rounds
+its factor up to 1 s, which cannot be scaled, so the tasks compute the same backoff
+(`min(cap, factor * 2**retries)`, then full jitter) themselves.
+
+Each run writes its outcomes to Redis under `bench:<run>:*`; a task whose run is over
+(the harness deleted `bench:<run>:live`) returns without calling the provider.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import random
+import threading
+import time
+from collections import deque
+from typing import Any
+
+import httpx
+import openai
+import redis
+from celery import Celery
+from kombu import Queue
+
+QUEUE = "bench.alt"
+#: Celery's documented retry example: `retry_kwargs={"max_retries": 5}`.
+NAIVE_MAX_RETRIES = 5
+#: Celery's `retry_backoff=True` factor and `retry_backoff_max` default, real seconds.
+NAIVE_BACKOFF_FACTOR = 1.0
+NAIVE_BACKOFF_MAX = 600.0
+#: The article: one-minute window, requeue 10 s when refused, 20 s after a failure.
+ARTICLE_WINDOW = 60.0
+ARTICLE_REFUSED_REQUEUE = 10.0
+ARTICLE_FAILED_REQUEUE = 20.0
+#: The article's requeues have no limit; this only stops a request looping forever.
+ARTICLE_MAX_REQUEUES = 1000
+#: The cookbook: pause 15 s after a 429, 5 attempts per request, loop every 1 ms.
+PACER_PAUSE_AFTER_429 = 15.0
+PACER_MAX_ATTEMPTS = 5
+PACER_LOOP_SLEEP = 0.001
+
+# Not the current app: the harness also publishes quotaflow's shared tasks.
+app = Celery("bench_alternatives", set_as_current=False)
+app.conf.update(
+    broker_url=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"),
+    task_serializer="json",
+    accept_content=["json"],
+    task_ignore_result=True,
+    task_acks_late=True,
+    worker_prefetch_multiplier=1,
+    task_default_queue=QUEUE,
+    task_queues=(Queue(QUEUE),),
+    broker_connection_retry_on_startup=True,
+    worker_hijack_root_logger=False,
+)
+
+_lock = threading.Lock()
+_redis: dict[tuple[int, str], redis.Redis] = {}
+_clients: dict[tuple[int, str, str], openai.OpenAI] = {}
+
+
+def _r(url: str) -> redis.Redis:
+    key = (os.getpid(), url)
+    with _lock:
+        if key not in _redis:
+            _redis[key] = redis.Redis.from_url(url)
+        return _redis[key]
+
+
+def _client(p: dict[str, Any]) -> openai.OpenAI:
+    key = (os.getpid(), p["kind"], p["base_url"])
+    with _lock:
+        client = _clients.get(key)
+        if client is None:
+            if p["kind"] == "azure":
+                client = openai.AzureOpenAI(
+                    azure_endpoint=p["base_url"], api_version=p["api_version"],
+                    api_key=p["api_key"], max_retries=0, timeout=10.0,
+                )  # fmt: skip
+            else:
+                client = openai.OpenAI(
+                    base_url=p["base_url"] + "/v1", api_key=p["api_key"], max_retries=0,
+                    timeout=10.0,
+                )  # fmt: skip
+            _clients[key] = client
+        return client
+
+
+def _call(p: dict[str, Any], body: dict[str, Any]) -> None:
+    _client(p).chat.completions.create(**body)
+
+
+def keys(run: str) -> dict[str, str]:
+    """Redis keys of one run's outcomes."""
+    return {
+        "live": f"bench:{run}:live",
+        "done": f"bench:{run}:done",  # rid -> finish time (epoch seconds)
+        "failed": f"bench:{run}:failed",  # rid -> give-up time
+        "counts": f"bench:{run}:counts",  # retries, deferrals
+        "ready": f"bench:{run}:ready",  # the pacer is loaded and waits for `go`
+    }
+
+
+def _finish(p: dict[str, Any], rid: str, *, ok: bool) -> None:
+    k = keys(p["run"])
+    _r(p["redis_url"]).hset(k["done" if ok else "failed"], rid, repr(time.time()))
+
+
+def _count(p: dict[str, Any], name: str) -> None:
+    _r(p["redis_url"]).hincrby(keys(p["run"])["counts"], name, 1)
+
+
+def _live(p: dict[str, Any]) -> bool:
+    return bool(_r(p["redis_url"]).exists(keys(p["run"])["live"]))
+
+
+def naive_backoff(retries: int, scale: float) -> float:
+    """Celery's retry_backoff with full jitter, in scaled seconds."""
+    cap = min(NAIVE_BACKOFF_MAX, NAIVE_BACKOFF_FACTOR * 2**retries) / scale
+    return random.uniform(0, cap)
+
+
+def _call_or_backoff(task: Any, body: dict[str, Any], rid: str, p: dict[str, Any]) -> None:
+    if not _live(p):
+        return
+    try:
+        _call(p, body)
+    except openai.RateLimitError as exc:
+        retries = task.request.retries
+        if retries >= NAIVE_MAX_RETRIES:
+            _finish(p, rid, ok=False)
+            return
+        _count(p, "retries")
+        raise task.retry(
+            countdown=naive_backoff(retries, p["scale"]), max_retries=NAIVE_MAX_RETRIES, exc=exc
+        ) from None
+    _finish(p, rid, ok=True)
+
+
+@app.task(bind=True, name="bench.naive", max_retries=NAIVE_MAX_RETRIES)
+def naive(self: Any, body: dict[str, Any], rid: str, p: dict[str, Any]) -> None:
+    _call_or_backoff(self, body, rid, p)
+
+
+@app.task(
+    bind=True,
+    name="bench.ratelimited",
+    max_retries=NAIVE_MAX_RETRIES,
+    rate_limit=os.environ.get("BENCH_RATE_LIMIT") or None,
+)
+def ratelimited(self: Any, body: dict[str, Any], rid: str, p: dict[str, Any]) -> None:
+    _call_or_backoff(self, body, rid, p)
+
+
+def article_estimate(body: dict[str, Any]) -> int:
+    """Prompt characters / 4 plus max_tokens: what the provider charges.
+
+    (The article's own `text.Length / 4 + 256` would ignore max_tokens; this is kinder.)
+    """
+    chars = sum(len(m["content"]) for m in body["messages"])
+    return math.ceil(chars / 4) + int(body["max_tokens"])
+
+
+@app.task(bind=True, name="bench.article", max_retries=None)
+def article(self: Any, body: dict[str, Any], rid: str, p: dict[str, Any]) -> None:
+    if not _live(p):
+        return
+    scale = p["scale"]
+    if self.request.retries >= ARTICLE_MAX_REQUEUES:
+        _finish(p, rid, ok=False)
+        return
+    r = _r(p["redis_url"])
+    window = ARTICLE_WINDOW / scale
+    key = f"bench:{p['run']}:article:{int(time.time() // window)}"
+    cost = article_estimate(body)
+    # TokenThrottle.TryReserveAsync: GetTokensUsedInCurrentWindowAsync, then AddTokensAsync.
+    used = int(r.get(key) or 0)
+    if used + cost > p["window_tokens"]:
+        _count(p, "deferrals")
+        raise self.retry(countdown=ARTICLE_REFUSED_REQUEUE / scale, max_retries=None)
+    pipe = r.pipeline(transaction=False)
+    pipe.incrby(key, cost)
+    pipe.expire(key, max(1, math.ceil(2 * window)))
+    pipe.execute()
+    try:
+        _call(p, body)
+    except openai.RateLimitError:
+        _count(p, "retries")
+        raise self.retry(countdown=ARTICLE_FAILED_REQUEUE / scale, max_retries=None) from None
+    _finish(p, rid, ok=True)
+
+
+# -- the single-process pacer (no Celery) ----------------------------------------------
+
+
+def cookbook_tokens(body: dict[str, Any], encoding: Any) -> int:
+    """`num_tokens_consumed_from_request` of the cookbook, for chat completions."""
+    tokens = 0
+    for message in body["messages"]:
+        tokens += 4
+        for key, value in message.items():
+            tokens += len(encoding.encode(value))
+            if key == "name":
+                tokens -= 1
+    tokens += 2
+    return tokens + int(body.get("max_tokens", 15)) * int(body.get("n", 1))
+
+
+def run_pacer(
+    bodies: list[dict[str, Any]], rids: list[str], p: dict[str, Any], go: Any = None
+) -> None:
+    """Send every body once capacity allows, like the cookbook's parallel processor."""
+    import tiktoken  # noqa: PLC0415 - only the pacer process needs it
+
+    os.nice(int(p.get("nice", 0)))  # as nice as the Celery workers
+    from budget.encodings import register_offline_encodings  # noqa: PLC0415
+
+    register_offline_encodings()
+    encoding = tiktoken.get_encoding("cl100k_base")
+    costs = [cookbook_tokens(b, encoding) for b in bodies]
+    if go is not None:
+        r = redis.Redis.from_url(p["redis_url"])
+        r.set(keys(p["run"])["ready"], "1", ex=600)
+        r.close()
+        go.wait(timeout=120)
+    asyncio.run(_pace(bodies, rids, p, costs))
+
+
+async def _pace(
+    bodies: list[dict[str, Any]],
+    rids: list[str],
+    p: dict[str, Any],
+    costs: list[int],
+) -> None:
+    scale = p["scale"]
+    # The cookbook's capacities hold one minute of quota; here, one scaled minute.
+    max_tokens = p["tpm"] * (60.0 / scale) / 60.0
+    max_requests = p["rpm"] * (60.0 / scale) / 60.0
+    token_rate, request_rate = p["tpm"] / 60.0, p["rpm"] / 60.0
+    pause = PACER_PAUSE_AFTER_429 / scale
+    r = redis.Redis.from_url(p["redis_url"])
+    k = keys(p["run"])
+    pending = deque(range(len(bodies)))
+    retry: deque[int] = deque()
+    attempts = [PACER_MAX_ATTEMPTS] * len(bodies)
+    state = {"in_flight": 0, "last_429": -math.inf}
+    available_tokens, available_requests = max_tokens, max_requests
+    last = time.monotonic()
+    if p["kind"] == "azure":
+        url = f"{p['base_url']}/openai/deployments/{bodies[0]['model']}/chat/completions"
+        params = {"api-version": p["api_version"]}
+        headers = {"api-key": p["api_key"]}
+    else:
+        url, params = f"{p['base_url']}/v1/chat/completions", {}
+        headers = {"Authorization": f"Bearer {p['api_key']}"}
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=512)
+    async with httpx.AsyncClient(timeout=10.0, limits=limits) as http:
+
+        async def send(i: int) -> None:
+            try:
+                resp = await http.post(url, params=params, headers=headers, json=bodies[i])
+                status = resp.status_code
+            except httpx.HTTPError:
+                status = 0
+            state["in_flight"] -= 1
+            if status == 200:
+                r.hset(k["done"], rids[i], repr(time.time()))
+                return
+            if status == 429:
+                state["last_429"] = time.monotonic()
+            attempts[i] -= 1
+            if attempts[i] > 0:
+                r.hincrby(k["counts"], "retries", 1)
+                retry.append(i)
+            else:
+                r.hset(k["failed"], rids[i], repr(time.time()))
+
+        tasks: set[asyncio.Task[None]] = set()
+        nxt: int | None = None
+        checked = time.monotonic()
+        while pending or retry or nxt is not None or state["in_flight"]:
+            if time.monotonic() - checked > 0.1:  # the harness may call the run off
+                checked = time.monotonic()
+                if not r.exists(k["live"]):
+                    break
+            if nxt is None:
+                if retry:
+                    nxt = retry.popleft()
+                elif pending:
+                    nxt = pending.popleft()
+            now = time.monotonic()
+            elapsed, last = now - last, now
+            available_tokens = min(available_tokens + token_rate * elapsed, max_tokens)
+            available_requests = min(available_requests + request_rate * elapsed, max_requests)
+            if nxt is not None and available_requests >= 1 and available_tokens >= costs[nxt]:
+                available_requests -= 1
+                available_tokens -= costs[nxt]
+                state["in_flight"] += 1
+                task = asyncio.create_task(send(nxt))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                nxt = None
+            await asyncio.sleep(PACER_LOOP_SLEEP)
+            since = time.monotonic() - state["last_429"]
+            if since < pause:
+                await asyncio.sleep(pause - since)
+        for task in list(tasks):
+            task.cancel()
+    r.close()
