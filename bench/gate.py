@@ -13,7 +13,6 @@ import math
 import multiprocessing as mp
 import os
 import platform
-import re
 import sys
 import time
 from array import array
@@ -29,10 +28,10 @@ from pathlib import Path
 import redis
 
 from bench.redis_proc import RedisProcess
+from bench.results import RESULTS, write_section
 from budget.gate import Gate
 from settings import DeploymentSettings
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
 BEGIN, END = "<!-- gate:begin -->", "<!-- gate:end -->"
 PROCS = (1, 2)
 
@@ -327,7 +326,8 @@ def render(results: list[Measurement], redis_version: str, rounds: int, duration
         "also pays for its uuid4, argument formatting and result objects. `in Redis µs` is "
         "EVALSHA's own time inside redis-server over the measured interval (INFO "
         "commandstats); the rest of p50 is client code, the socket round trip and scheduling. "
-        "Granted and booked run `reserve.lua` (TIME, 2 GET, 2 SET PX); wait stops after the "
+        "Granted and booked run `reserve.lua` (TIME, 3 GET: two TATs and the rate factor, "
+        "2 SET PX); wait stops after the "
         "GETs; `limits` runs its moving-window script (LINDEX, LPUSH, LTRIM, EXPIRE). With 2 "
         "processes the clients and redis-server share 2 cores, so totals show contention, "
         "not Redis's ceiling.",
@@ -336,20 +336,7 @@ def render(results: list[Measurement], redis_version: str, rounds: int, duration
 
 
 def write_results(section: str) -> None:
-    block = f"{BEGIN}\n{section}{END}"
-    if RESULTS.exists():
-        text = RESULTS.read_text(encoding="utf-8")
-        pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.DOTALL)
-        if pattern.search(text):
-            text = pattern.sub(lambda _: block, text, count=1)
-        else:
-            text = text.rstrip("\n") + "\n\n" + block + "\n"
-    else:
-        text = "# Benchmarks\n\n" + block + "\n"
-    # Replace atomically: other benchmarks write their own sections of this file.
-    tmp = RESULTS.with_suffix(".md.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, RESULTS)
+    write_section(BEGIN, END, section)
 
 
 def main(argv: list[str] | None = None) -> int:

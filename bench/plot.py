@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import platform
-import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
@@ -19,13 +18,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from bench.results import write_section
 from bench.workload import describe
 
 if TYPE_CHECKING:
     from bench.strategies import Context, RunResult
 
 BENCH = Path(__file__).resolve().parent
-RESULTS = BENCH / "RESULTS.md"
 BEGIN, END = "<!-- strategies:begin -->", "<!-- strategies:end -->"
 ORDER = ("quotaflow", "naive", "ratelimit", "article", "pacer")
 _STYLE = {
@@ -499,17 +498,4 @@ def _after_429() -> str:
 
 
 def write_results(section: str) -> None:
-    """Replace the strategies section of RESULTS.md (atomically; other sections stay)."""
-    block = f"{BEGIN}\n{section}{END}"
-    if RESULTS.exists():
-        text = RESULTS.read_text(encoding="utf-8")
-        pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.DOTALL)
-        if pattern.search(text):
-            text = pattern.sub(lambda _: block, text, count=1)
-        else:
-            text = text.rstrip("\n") + "\n\n" + block + "\n"
-    else:
-        text = "# Benchmarks\n\n" + block + "\n"
-    tmp = RESULTS.with_suffix(".md.strategies-tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, RESULTS)
+    write_section(BEGIN, END, section)

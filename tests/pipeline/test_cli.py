@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.cluster import API_KEY
+from support.cluster import sim_deployment
 
 from budget import Gate
 from pipeline.simulator import Simulator
@@ -25,20 +25,7 @@ QUOTAFLOW = Path(sys.executable).with_name("quotaflow")
 
 
 def deployments(sim: Simulator, **overrides: Any) -> str:
-    dep = {
-        "name": "sim",
-        "kind": "compatible",
-        "model": "gpt-4o-mini",
-        "base_url": sim.url + "/v1",
-        "api_key": API_KEY,
-        "tpm": sim.config.tpm,
-        "rpm": sim.config.rpm,
-        "burst_seconds": 1.0,
-        "accounting": "estimate",
-        "timeout_seconds": 5.0,
-        **overrides,
-    }
-    return json.dumps([dep])
+    return json.dumps([sim_deployment(sim, **overrides)])
 
 
 def cli_env(**values: str) -> dict[str, str]:

@@ -93,8 +93,9 @@ def start_workers(settings: Settings, count: int, **options: object) -> list[Wor
     return workers
 
 
-def cluster_settings(redis_url: str, sim: Simulator, **overrides: Any) -> Settings:
-    dep: dict[str, Any] = {
+def sim_deployment(sim: Simulator, **overrides: Any) -> dict[str, Any]:
+    """A deployment on `sim` with its quota, as plain JSON-ready values."""
+    return {
         "name": "sim",
         "kind": "compatible",
         "model": "gpt-4o-mini",
@@ -107,7 +108,12 @@ def cluster_settings(redis_url: str, sim: Simulator, **overrides: Any) -> Settin
         "timeout_seconds": 5.0,
         "price_input_per_1m": 0.15,
         "price_output_per_1m": 0.6,
+        **overrides,
     }
+
+
+def cluster_settings(redis_url: str, sim: Simulator, **overrides: Any) -> Settings:
+    dep = sim_deployment(sim)
     dep.update(overrides.pop("deployment", {}))
     values: dict[str, Any] = {
         "redis_url": redis_url,

