@@ -126,11 +126,13 @@ def test_chaos_soak(simulator, tmp_path: Path) -> None:  # type: ignore[no-untyp
                 events["worker main process SIGKILL"] += 1
                 c.start_workers(1)
             if step == 14:  # Redis restarts (AOF on)
+                alive = [w for w in c.workers if w.proc.poll() is None]
                 redis_server.stop()
                 time.sleep(3)
                 redis_server.start()
                 events["Redis restart"] += 1
-                for w in list(c.workers):
+                time.sleep(2)
+                for w in alive:
                     if w.proc.poll() is not None:
                         events["worker crashed by the restart (restarted)"] += 1
                         c.start_workers(1)
