@@ -23,12 +23,11 @@ from datetime import UTC, datetime
 from functools import partial
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier
-from pathlib import Path
 
 import redis
 
 from bench.redis_proc import RedisProcess
-from bench.results import RESULTS, write_section
+from bench.results import RESULTS, cpu_model, write_section
 from budget.gate import Gate
 from settings import DeploymentSettings
 
@@ -279,22 +278,12 @@ def measure_all(url: str, rounds: int, warmup: float, duration: float) -> list[M
     return [_summarise(*cell, collected[cell], server[cell]) for cell in cells]
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def render(results: list[Measurement], redis_version: str, rounds: int, duration: float) -> str:
     base = {m.procs: m for m in results if m.key == BASELINE}
     lines = [
         "## Gate overhead: `Gate.reserve` vs bare `EVALSHA` vs `limits`",
         "",
-        f"Machine: {os.cpu_count()} CPUs ({_cpu_model()}), Python {platform.python_version()}, "
+        f"Machine: {os.cpu_count()} CPUs ({cpu_model()}), Python {platform.python_version()}, "
         f"redis-server {redis_version}; clients and server on the same host. "
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC; each cell measured {rounds} × {duration:g} s "
         "after warm-up, cells interleaved.",

@@ -18,7 +18,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from bench.results import write_section
+from bench.results import cpu_model, write_section
 from bench.workload import describe
 
 if TYPE_CHECKING:
@@ -108,16 +108,6 @@ def _f(value: float | None, fmt: str, missing: str = "—") -> str:
     return missing if value is None else format(value, fmt)
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def _version(dist: str) -> str:
     try:
         return version(dist)
@@ -179,7 +169,7 @@ def render(ctx: Context, runtime_s: float, plots: Sequence[str]) -> str:
     lines = [
         "## Strategies: quotaflow against the usual alternatives",
         "",
-        f"Machine: {os.cpu_count()} CPUs ({_cpu_model()}), Python {platform.python_version()}, "
+        f"Machine: {os.cpu_count()} CPUs ({cpu_model()}), Python {platform.python_version()}, "
         f"redis-server {ctx.redis_version}, Celery {_version('celery')}, openai "
         f"{_version('openai')}; quotaflow at commit {ctx.code_version}; Redis, the simulator, "
         f"every worker and the harness on this one host. {datetime.now(UTC):%Y-%m-%d %H:%M} "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import re
 from pathlib import Path
 
@@ -28,3 +29,14 @@ def write_section(begin: str, end: str, section: str) -> None:
     tmp = RESULTS.with_suffix(f".md.{os.getpid()}.tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, RESULTS)
+
+
+def cpu_model() -> str:
+    """The CPU's model name, for the "made on what machine" line."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"

@@ -165,15 +165,7 @@ class Gate:
 
     def never_admissible(self, deployment: str, *, tokens: int, requests: int = 1) -> None:
         """Raise NeverAdmissible when the cost exceeds a burst (no Redis needed)."""
-        dep = self.limits(deployment).settings
-        for dimension, cost, capacity in (
-            ("tokens", tokens, dep.token_capacity),
-            ("requests", requests, dep.request_capacity),
-        ):
-            if cost > capacity:
-                raise NeverAdmissible(
-                    deployment=deployment, dimension=dimension, requested=cost, capacity=capacity
-                )
+        check_admissible(self.limits(deployment).settings, tokens=tokens, requests=requests)
 
     def reserve(
         self,
@@ -335,6 +327,18 @@ class Gate:
             start, tokens, requests, rid = raw.decode().split(" ")
             out.append(Admission(int(start) / _US, int(tokens), int(requests), rid))
         return out
+
+
+def check_admissible(dep: DeploymentSettings, *, tokens: int, requests: int = 1) -> None:
+    """Raise NeverAdmissible when a cost exceeds the deployment's burst in any dimension."""
+    for dimension, cost, capacity in (
+        ("tokens", tokens, dep.token_capacity),
+        ("requests", requests, dep.request_capacity),
+    ):
+        if cost > capacity:
+            raise NeverAdmissible(
+                deployment=dep.name, dimension=dimension, requested=cost, capacity=capacity
+            )
 
 
 def _number(value: str | None) -> float | None:

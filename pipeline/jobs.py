@@ -12,7 +12,9 @@ from typing import Any, TextIO
 
 from budget import InvalidRequest, NeverAdmissible
 from budget.estimate import estimate_request
+from budget.gate import check_admissible
 from pipeline.batchfile import URLS, BatchLine, LineError, output_error_line, read_batch
+from pipeline.broker import UNACKED_KEY, message_id, queue_lists
 from settings import Settings, SettingsError
 from tasks import TASK_FOR_URL
 from tasks.base import route
@@ -56,11 +58,7 @@ class Jobs:
                 model=line.body.get("model") or dep.model,
                 context_window=dep.context_window,
             )
-            for dim, cost, cap in (("tokens", est.total, dep.token_capacity),):
-                if cost > cap:
-                    raise NeverAdmissible(
-                        deployment=dep.name, dimension=dim, requested=cost, capacity=cap
-                    )
+            check_admissible(dep, tokens=est.total)
         except (InvalidRequest, NeverAdmissible, SettingsError) as exc:
             return 0, LineError(line.line, line.custom_id, str(exc))
         return est.total, None
@@ -234,27 +232,18 @@ class Jobs:
     def _in_broker(self) -> set[str]:
         """Task ids of every message waiting in a queue or held (unacked) by a worker."""
         client = self.store.client
-        names = [*_broker_lists(self.settings.queue), *_broker_lists(self.settings.retry_queue)]
+        names = [*queue_lists(self.settings.queue), *queue_lists(self.settings.retry_queue)]
         pipe = client.pipeline(transaction=True)
         for name in names:
             pipe.lrange(name, 0, -1)
-        pipe.hvals("unacked")
+        pipe.hvals(UNACKED_KEY)
         *lists, unacked = pipe.execute()
         ids = set()
         for raw in (m for lst in lists for m in lst):
-            ids.add(_message_id(json.loads(raw)))
+            ids.add(message_id(json.loads(raw)))
         for raw in unacked:
-            ids.add(_message_id(json.loads(raw)[0]))
+            ids.add(message_id(json.loads(raw)[0]))
         return ids
-
-
-def _message_id(message: dict[str, Any]) -> str:
-    return str((message.get("headers") or {}).get("id", ""))
-
-
-def _broker_lists(queue: str) -> list[str]:
-    # kombu's Redis transport keeps one list per priority step; step 0 is the bare name.
-    return [queue, *(f"{queue}\x06\x16{p}" for p in range(1, 10))]
 
 
 def _pending(

@@ -21,17 +21,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from budget import QuotaflowError
+from pipeline.broker import UNACKED_KEY, queue_lists
 from settings import Settings
 from tasks.metrics import parse_field
 from tasks.runtime import Runtime
 
 log = logging.getLogger(__name__)
-
-#: kombu's Redis transport: the hash of delivered, unacknowledged messages.
-UNACKED_KEY = "unacked"
-#: kombu's separator and steps for the per-priority lists of a queue.
-PRIORITY_SEP = "\x06\x16"
-PRIORITY_STEPS = (3, 6, 9)
 
 HELP = {
     "deliveries_total": "Task deliveries, by queue and reason (new, deferral, retry).",
@@ -64,11 +59,10 @@ def queue_depth(client: redis.Redis, settings: Settings) -> QueueDepth:
     queues = (settings.queue, settings.retry_queue)
     pipe = client.pipeline(transaction=False)
     for queue in queues:
-        pipe.llen(queue)
-        for step in PRIORITY_STEPS:
-            pipe.llen(f"{queue}{PRIORITY_SEP}{step}")
+        for name in queue_lists(queue):
+            pipe.llen(name)
     sizes = pipe.execute()
-    per = 1 + len(PRIORITY_STEPS)
+    per = len(queue_lists(""))
     ready = {q: sum(sizes[i * per : (i + 1) * per]) for i, q in enumerate(queues)}
     deferred = dict.fromkeys(queues, 0)
     unacked = dict.fromkeys(queues, 0)

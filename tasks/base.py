@@ -14,6 +14,7 @@ import logging
 import random
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any, NoReturn
 
 import redis
@@ -120,10 +121,20 @@ class BudgetedTask(Task):  # type: ignore[misc]
             return dict(done["response"]["body"])
         if not self.request.retries:
             rt.jobs.add_queued(job, [cid])
+        ctx = _Context(self, rt, job, cid, endpoint, body, deployment, tenant)
         queue = (self.request.delivery_info or {}).get("routing_key") or ""
         reason = self._header(H_REASON) or "new"
-        rt.metrics.add([("deliveries_total", {"queue": queue, "reason": reason}, 1)])
-        ctx = _Context(self, rt, job, cid, endpoint, body, deployment, tenant)
+        ctx.count("deliveries_total", {"queue": queue, "reason": reason})
+        try:
+            return self._run(ctx, body, endpoint, deployment)
+        finally:
+            # One round trip for all of this delivery's counters, on every exit path.
+            ctx.flush()
+
+    def _run(
+        self, ctx: _Context, body: dict[str, Any], endpoint: str, deployment: str | None
+    ) -> dict[str, Any]:
+        rt = ctx.rt
         try:
             dep = route(rt.settings, body, deployment)
             ctx.dep = dep
@@ -144,7 +155,7 @@ class BudgetedTask(Task):  # type: ignore[misc]
         except Exception as exc:
             if _is_celery_control(exc):
                 raise
-            log.exception("request %s of job %s failed unexpectedly", cid, job)
+            log.exception("request %s of job %s failed unexpectedly", ctx.cid, ctx.job)
             ctx.dead_letter(exc, code="internal_error")
 
     def _admit(self, ctx: _Context, dep: DeploymentSettings, est: Estimate) -> Reservation:
@@ -235,13 +246,11 @@ class BudgetedTask(Task):  # type: ignore[misc]
         if stored:
             rt.jobs.note_attempts(ctx.job, ctx.cid, deferrals=ctx.deferrals, retries=ctx.attempt)
             labels = {"deployment": dep.name, "tenant": ctx.tenant or ""}
-            rt.metrics.add([
-                ("tokens_estimated_total", labels, est.total),
-                ("tokens_prompt_total", labels, reply.prompt_tokens),
-                ("tokens_completion_total", labels, reply.completion_tokens),
-                ("cost_usd_total", labels, cost),
-                ("requests_done_total", labels, 1),
-            ])  # fmt: skip
+            ctx.count("tokens_estimated_total", labels, est.total)
+            ctx.count("tokens_prompt_total", labels, reply.prompt_tokens)
+            ctx.count("tokens_completion_total", labels, reply.completion_tokens)
+            ctx.count("cost_usd_total", labels, cost)
+            ctx.count("requests_done_total", labels)
         return reply.body
 
 
@@ -269,24 +278,33 @@ class _Context:
         self.tenant = tenant
         self.dep: DeploymentSettings | None = None
         self.deferrals = int(task._header(H_DEFERRALS) or 0)
+        self.counters: list[tuple[str, Mapping[str, str], float]] = []
 
     @property
     def attempt(self) -> int:
         """Transient failures so far (deliveries minus deferrals)."""
         return int(self.task.request.retries or 0) - self.deferrals
 
+    def count(self, name: str, labels: dict[str, str], amount: float = 1) -> None:
+        """Add to a counter when this delivery ends (see `flush`)."""
+        self.counters.append((name, labels, amount))
+
     def metric(self, name: str, **labels: str) -> None:
         labels["deployment"] = self.dep.name if self.dep else (self.deployment or "")
-        self.rt.metrics.add([(name, labels, 1)])
+        self.count(name, labels)
+
+    def flush(self) -> None:
+        if self.counters:
+            self.rt.metrics.add(self.counters)  # never raises: metrics are best effort
+            self.counters = []
 
     def defer(self, countdown: float, booking: Reservation | None, reason: str) -> NoReturn:
         """Postpone on the main queue; never counted against max_retries."""
         self.rt.jobs.transition(self.job, self.cid, "deferred")
         self.rt.jobs.count(self.job, "deferrals")
         labels = {"deployment": self.dep.name if self.dep else ""}
-        self.rt.metrics.add(
-            [("deferrals_total", labels, 1), ("deferral_seconds_total", labels, countdown)]
-        )
+        self.count("deferrals_total", labels)
+        self.count("deferral_seconds_total", labels, countdown)
         headers = {
             H_REASON: "deferral",
             H_DEFERRALS: self.deferrals + 1,

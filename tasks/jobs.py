@@ -123,6 +123,8 @@ class JobStore:
         for cid in ids:
             pipe.hsetnx(k.states, cid, "queued")
         added = sum(int(x) for x in pipe.execute())
+        if not added and not estimated:
+            return 0
         pipe = self.client.pipeline()
         pipe.hincrby(k.counts, "queued", added)
         pipe.hincrby(k.meta, "total", added)
