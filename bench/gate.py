@@ -109,7 +109,9 @@ def _drain_burst(client: redis.Redis) -> None:
 def _push_past_horizon(client: redis.Redis) -> None:
     # A long cooldown is the public way to put the bucket beyond the booking horizon.
     logging.getLogger("budget.gate").setLevel(logging.ERROR)
-    Gate(client, [_SATURATED]).cooldown(_SATURATED.name, _BACKLOG_SECONDS)
+    Gate(client, [_SATURATED], max_cooldown_seconds=_BACKLOG_SECONDS).cooldown(
+        _SATURATED.name, _BACKLOG_SECONDS
+    )
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@
 
 from budget.errors import (
     BudgetError,
+    BudgetStoreError,
     BudgetUnavailable,
     ContextTooLong,
     InvalidRequest,
@@ -16,12 +17,21 @@ from budget.errors import (
     QuotaflowError,
 )
 from budget.estimate import Estimate, encoding_for_model, estimate_request
-from budget.gate import Admission, BudgetSnapshot, Decision, Gate, Outcome, Reservation
+from budget.gate import (
+    Admission,
+    BudgetSnapshot,
+    Decision,
+    Gate,
+    Outcome,
+    Redemption,
+    Reservation,
+)
 
 __all__ = [
     "Admission",
     "BudgetError",
     "BudgetSnapshot",
+    "BudgetStoreError",
     "BudgetUnavailable",
     "ContextTooLong",
     "Decision",
@@ -31,6 +41,7 @@ __all__ = [
     "NeverAdmissible",
     "Outcome",
     "QuotaflowError",
+    "Redemption",
     "Reservation",
     "encoding_for_model",
     "estimate_request",

@@ -15,6 +15,13 @@ class BudgetUnavailable(BudgetError):
     """Redis could not be reached. The gate fails closed: nothing is admitted."""
 
 
+class BudgetStoreError(BudgetError):
+    """Redis answered, with an error that waiting will not cure (a script error, OOM).
+
+    Not an outage: it is reported loudly, with Redis's own message.
+    """
+
+
 class NeverAdmissible(BudgetError):
     """The request costs more than the deployment can ever admit at once."""
 

@@ -26,6 +26,9 @@ _US = 1_000_000
 _DIMENSIONS = {1: "tokens", 2: "requests"}
 #: How long a settled marker is kept: longer than any redelivery can arrive.
 _SETTLED_TTL_SECONDS = 24 * 3600
+#: How long a booking marker outlives its slot: a late task must still find it to
+#: learn that it is late (it then books again); beyond that it is garbage.
+_BOOKING_GRACE_MS = 60_000
 _LOG_MAX = 1_000_000
 #: After a provider 429 the rate is multiplied by this (someone else uses the quota)...
 _FACTOR_DECREASE = 0.85
@@ -81,6 +84,29 @@ class Decision:
         if self.reservation is None:
             return self.wait
         return max(0.0, self.reservation.start_at - self.now)
+
+
+class Redemption(enum.Enum):
+    """What a booked task finds when it comes back (`Gate.redeem`)."""
+
+    #: The booking is good and now used up: call at its start.
+    VALID = "valid"
+    #: The task came back well before its slot: the booking is kept; wait again.
+    EARLY = "early"
+    #: A cooldown came after the booking: its slot was planned for a provider that
+    #: has since refused us. Used up; ask the gate again.
+    STALE = "stale"
+    #: No such booking: already used (a duplicated message), expired, or never made
+    #: by the gate (a forged header). Ask the gate again.
+    UNKNOWN = "unknown"
+
+
+_REDEMPTIONS = {
+    0: Redemption.VALID,
+    1: Redemption.UNKNOWN,
+    2: Redemption.STALE,
+    3: Redemption.EARLY,
+}
 
 
 @dataclass(frozen=True)
@@ -139,9 +165,11 @@ class Gate:
         key_prefix: str = "quotaflow",
         horizon_seconds: float = 300.0,
         admission_log: bool = False,
+        max_cooldown_seconds: float = 60.0,
     ) -> None:
         self.store = ScriptStore(client)
         self.horizon_seconds = horizon_seconds
+        self.max_cooldown_seconds = max_cooldown_seconds
         self.admission_log = admission_log
         self._limits: dict[str, _Limits] = {}
         for dep in deployments:
@@ -191,7 +219,14 @@ class Gate:
             )
         code, now_us, start_us, wait_us, binding = self.store.run(
             "reserve",
-            [lim.keys.tokens, lim.keys.requests, lim.keys.log, lim.keys.factor],
+            [
+                lim.keys.tokens,
+                lim.keys.requests,
+                lim.keys.log,
+                lim.keys.factor,
+                lim.keys.epoch,
+                lim.keys.booking(rid),
+            ],
             [
                 tokens,
                 requests,
@@ -203,6 +238,7 @@ class Gate:
                 "1" if self.admission_log else "0",
                 _LOG_MAX,
                 rid,
+                _BOOKING_GRACE_MS,
             ],
         )
         now = now_us / _US
@@ -224,21 +260,45 @@ class Gate:
         outcome = Outcome.GRANTED if code == 0 else Outcome.BOOKED
         return Decision(outcome, now=now, reservation=reservation, dimension=dimension)
 
+    def redeem(
+        self, reservation: Reservation, *, inline_seconds: float
+    ) -> tuple[Redemption, float]:
+        """Check a booking a deferred task came back with; use it up unless EARLY.
+
+        A booking is used once: a second copy of the message finds it gone. EARLY
+        (more than `inline_seconds` before the slot) keeps it for the next return.
+        Returns the answer and the Redis time, in one round trip.
+        """
+        lim = self.limits(reservation.deployment)
+        now_us, status = self.store.run(
+            "redeem",
+            [lim.keys.booking(reservation.id), lim.keys.epoch],
+            [int(reservation.start_at * _US), int(inline_seconds * _US)],
+        )
+        return _REDEMPTIONS[int(status)], now_us / _US
+
     def settle(self, reservation: Reservation, *, actual_tokens: int) -> bool:
         """Correct the charge by actual usage where the accounting mode says so.
 
-        Idempotent per reservation: returns False when it was settled before.
-        In `estimate` mode the admission charge stands (that is how the provider
-        counted it) and only the settled marker is written.
+        Idempotent per reservation: returns False when it was settled before. In
+        `estimate` mode the admission charge stands (that is how the provider counted
+        it) and nothing is written. A refund never reaches into an active cooldown.
         """
         lim = self.limits(reservation.deployment)
-        delta = 0
-        if lim.settings.accounting_mode == "actual":
-            delta = actual_tokens - reservation.tokens
+        if lim.settings.accounting_mode != "actual":
+            return True
+        delta = actual_tokens - reservation.tokens
+        if delta == 0:
+            return True
         applied = self.store.run(
             "settle",
-            [lim.keys.tokens, lim.keys.settled(reservation.id)],
-            [delta, repr(lim.token_interval_us), _SETTLED_TTL_SECONDS],
+            [lim.keys.tokens, lim.keys.settled(reservation.id), lim.keys.cooldown],
+            [
+                delta,
+                repr(lim.token_interval_us),
+                _SETTLED_TTL_SECONDS,
+                repr(lim.token_tolerance_us),
+            ],
         )
         return bool(applied)
 
@@ -246,14 +306,22 @@ class Gate:
         """After a provider 429: admit nothing anywhere before `seconds` from now.
 
         The buckets are left empty at the end of the cooldown, as the provider's are.
+        Every booking made before it goes stale. `seconds` comes from the provider
+        (or a proxy): it is capped at `max_cooldown_seconds`.
         """
         lim = self.limits(deployment)
-        seconds = max(0.0, seconds)
+        seconds = min(max(0.0, seconds), self.max_cooldown_seconds)
         offset_us = seconds * _US
         log.warning("deployment %s: provider 429, cooling down %.2fs", deployment, seconds)
         self.store.run(
             "push",
-            [lim.keys.tokens, lim.keys.requests, lim.keys.cooldown, lim.keys.factor],
+            [
+                lim.keys.tokens,
+                lim.keys.requests,
+                lim.keys.cooldown,
+                lim.keys.factor,
+                lim.keys.epoch,
+            ],
             [
                 repr(offset_us + lim.token_tolerance_us),
                 repr(offset_us + lim.request_tolerance_us),
@@ -282,7 +350,13 @@ class Gate:
             args.append("" if remaining is None else repr(tolerance - remaining * interval))
         _, moved = self.store.run(
             "push",
-            [lim.keys.tokens, lim.keys.requests, lim.keys.cooldown, lim.keys.factor],
+            [
+                lim.keys.tokens,
+                lim.keys.requests,
+                lim.keys.cooldown,
+                lim.keys.factor,
+                lim.keys.epoch,
+            ],
             [*args, 0, f"+{_FACTOR_INCREASE}", _FACTOR_FLOOR],
         )
         if moved:

@@ -21,11 +21,18 @@ class DeploymentKeys:
     factor: str
     #: Admission log (when enabled): "start_us tokens requests reservation_id".
     log: str
+    #: Counter moved on by every cooldown: bookings made before it are stale.
+    epoch: str
     #: Prefix of the per-reservation settled markers.
     settled_prefix: str
+    #: Prefix of the per-reservation booking markers (single-use).
+    booking_prefix: str
 
     def settled(self, reservation_id: str) -> str:
         return f"{self.settled_prefix}{reservation_id}"
+
+    def booking(self, reservation_id: str) -> str:
+        return f"{self.booking_prefix}{reservation_id}"
 
 
 def deployment_keys(prefix: str, deployment: str) -> DeploymentKeys:
@@ -36,5 +43,7 @@ def deployment_keys(prefix: str, deployment: str) -> DeploymentKeys:
         cooldown=f"{tag}:cooldown",
         factor=f"{tag}:factor",
         log=f"{tag}:admissions",
+        epoch=f"{tag}:epoch",
         settled_prefix=f"{tag}:settled:",
+        booking_prefix=f"{tag}:booking:",
     )

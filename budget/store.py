@@ -12,9 +12,18 @@ from typing import Any
 
 import redis
 
-from budget.errors import BudgetUnavailable
+from budget.errors import BudgetStoreError, BudgetUnavailable
 
-_SCRIPTS = ("reserve", "settle", "push", "snapshot")
+_SCRIPTS = ("reserve", "settle", "push", "snapshot", "redeem")
+#: Error replies that mean "not now" (a restart, a failover, a long script): they
+#: pass, so the gate fails closed and waits. Any other error is a fault to report.
+_PASSING = (
+    redis.exceptions.BusyLoadingError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.MasterDownError,
+)
 
 
 def _load(name: str) -> str:
@@ -36,8 +45,11 @@ class ScriptStore:
                 f"budget store unreachable ({exc}); nothing is admitted until Redis answers"
             ) from exc
         except redis.ResponseError as exc:
-            # e.g. LOADING after a restart, or READONLY on a replica: fail closed too.
-            raise BudgetUnavailable(f"budget store refused the script: {exc}") from exc
+            # redis-py strips the error code (OOM, READONLY...) from the text: put it back.
+            text = f"{getattr(exc, 'status_code', None) or type(exc).__name__}: {exc}"
+            if isinstance(exc, _PASSING) or str(exc).startswith("BUSY"):
+                raise BudgetUnavailable(f"budget store cannot answer now ({text})") from exc
+            raise BudgetStoreError(f"budget store error in {name}.lua ({text})") from exc
 
     def time(self) -> float:
         """The Redis server's clock, in seconds."""

@@ -17,8 +17,8 @@ from pipeline.batchfile import URLS, BatchLine, LineError, output_error_line, re
 from pipeline.broker import UNACKED_KEY, message_id, queue_lists
 from settings import Settings, SettingsError
 from tasks import TASK_FOR_URL
-from tasks.base import route
 from tasks.jobs import JobStatus, JobStore
+from tasks.request import route
 
 ENDPOINT_FOR_URL = {"/v1/chat/completions": "chat", "/v1/embeddings": "embeddings"}
 _PUBLISH_CHUNK = 500
@@ -55,7 +55,7 @@ class Jobs:
             est = estimate_request(
                 line.body,
                 endpoint=ENDPOINT_FOR_URL[line.url],
-                model=line.body.get("model") or dep.model,
+                model=dep.model,
                 context_window=dep.context_window,
             )
             check_admissible(dep, tokens=est.total)

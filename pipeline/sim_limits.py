@@ -313,8 +313,11 @@ def error_body(
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
-def status_error(status: int, model: str) -> ApiError:
-    """The error a ``[[status:NNN]]`` trigger (or a fault) answers with."""
+def status_error(
+    status: int, model: str, *, code: str | None = None, retry_after: float | None = None
+) -> ApiError:
+    """The error a ``[[status:NNN]]`` trigger (or a fault) answers with; ``[[code:X]]``
+    and ``[[retry_after:S]]`` triggers replace its error code and retry-after."""
     known: dict[int, tuple[str, str, str | None]] = {
         400: ("Invalid request (triggered).", "invalid_request_error", None),
         401: ("Incorrect API key provided.", "invalid_request_error", "invalid_api_key"),
@@ -330,9 +333,14 @@ def status_error(status: int, model: str) -> ApiError:
         504: ("Gateway timeout.", "server_error", None),
     }
     default = ("Triggered error.", "server_error" if status >= 500 else "invalid_request_error")
-    message, type_, code = known.get(status, (*default, None))
-    headers = {"retry-after": "1", "retry-after-ms": "1000"} if status == 429 else None
-    return ApiError(status, message, type_, code=code, headers=headers)
+    message, type_, known_code = known.get(status, (*default, None))
+    headers = None
+    if status == 429:
+        wait = 1.0 if retry_after is None else retry_after
+        headers = {"retry-after": f"{wait:g}", "retry-after-ms": f"{wait * 1000:.0f}"}
+    if code is not None:
+        type_ = code
+    return ApiError(status, message, type_, code=code or known_code, headers=headers)
 
 
 @dataclass(frozen=True)
@@ -342,8 +350,13 @@ class Triggers:
     status: int | None = None
     latency: float | None = None
     fault: str | None = None  # "drop" or "timeout"
+    retry_after: float | None = None
+    code: str | None = None
 
-    _PATTERN = re.compile(r"\[\[(status|latency):\s*([0-9.]+)\s*\]\]|\[\[(drop|timeout)\]\]")
+    _PATTERN = re.compile(
+        r"\[\[(status|latency|retry_after):\s*([0-9.]+)\s*\]\]|\[\[(drop|timeout)\]\]"
+        r"|\[\[code:\s*([a-z_]+)\s*\]\]"
+    )
 
     @classmethod
     def scan(cls, text: str) -> Triggers:
@@ -353,8 +366,10 @@ class Triggers:
                 code = int(float(m.group(2)))
                 if 400 <= code <= 599:
                     found["status"] = code
-            elif m.group(1) == "latency":
-                found["latency"] = float(m.group(2))
+            elif m.group(1) in ("latency", "retry_after"):
+                found[m.group(1)] = float(m.group(2))
+            elif m.group(4):
+                found["code"] = m.group(4)
             else:
                 found["fault"] = m.group(3)
         return cls(**found)

@@ -8,8 +8,9 @@ enforces TPM and RPM with an OpenAI- or Azure-style policy (see ``sim_limits``);
 answers 429 with ``retry-after``/``retry-after-ms``; adds latency and faults; and
 counts what it did at ``GET /stats``.
 
-Message text may carry triggers for tests: ``[[status:NNN]]``, ``[[latency:S]]``,
-``[[drop]]`` and ``[[timeout]]``.
+Message text may carry triggers for tests: ``[[status:NNN]]`` (with ``[[code:X]]``
+and, for 429, ``[[retry_after:S]]``), ``[[latency:S]]``, ``[[drop]]`` and
+``[[timeout]]``.
 
 Standard library only, and nothing from quotaflow's other packages: it stands in for
 the provider, so it must not share the gate's assumptions.
@@ -394,7 +395,12 @@ class Simulator:
             if call.model in config.fail_models:
                 raise status_error(404, call.model)
             if triggers.status is not None and triggers.status < 500:
-                raise status_error(triggers.status, call.model)
+                raise status_error(
+                    triggers.status,
+                    call.model,
+                    code=triggers.code,
+                    retry_after=triggers.retry_after,
+                )
             check_context(call, config.context_window)
         except ApiError as exc:
             with self._lock:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Literal
@@ -72,6 +73,25 @@ class DeploymentSettings(BaseModel):
     timeout_seconds: PositiveFloat = 60.0
 
     @model_validator(mode="after")
+    def _check_capacity(self) -> DeploymentSettings:
+        # The burst is also the largest single request: below one request (or one
+        # token) the deployment could never admit anything.
+        if self.request_capacity < 1:
+            need = 60.0 / self.rpm
+            raise ValueError(
+                f"rpm {self.rpm} x burst_seconds {self.burst_seconds:g} / 60 admits "
+                f"{self.request_capacity:.2g} requests at once, less than one: raise "
+                f"burst_seconds to at least {need:.3g} "
+                f"(or rpm to {math.ceil(60 / self.burst_seconds)})"
+            )
+        if self.token_capacity < 1:
+            raise ValueError(
+                f"tpm {self.tpm} x burst_seconds {self.burst_seconds:g} / 60 admits less than "
+                f"one token at once: raise burst_seconds to at least {60.0 / self.tpm:.3g}"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _check_kind(self) -> DeploymentSettings:
         if self.kind == "azure" and not self.api_version:
             raise ValueError("kind 'azure' needs api_version (e.g. '2024-10-21')")
@@ -138,8 +158,11 @@ class Settings(BaseSettings):
     max_retries: int = Field(default=8, ge=0, le=100)
     #: First backoff step after a transient failure, seconds.
     backoff_base_seconds: PositiveFloat = 1.0
-    #: Largest backoff, seconds.
+    #: Largest backoff, seconds. A provider's retry-after is honoured up to this.
     backoff_cap_seconds: PositiveFloat = 60.0
+    #: Longest a provider 429 stops a deployment for every worker, whatever its
+    #: retry-after says (a proxy may send hours).
+    max_cooldown_seconds: PositiveFloat = 60.0
     #: A request is booked into a future slot only this far ahead; further, it waits.
     booking_horizon_seconds: float = Field(default=300.0, ge=0, le=3600)
     #: A booked task that starts later than this re-books (its slot is gone).

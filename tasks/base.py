@@ -1,69 +1,50 @@
-"""The budget-checking base task: estimate, reserve, call, settle.
+"""The budget-checking base task: estimate, admit, call, settle, record.
 
 A refused reservation is a deferral: `self.retry(countdown=..., queue=<main>)`, with
 the booking and a deferral count carried in the message headers. Deferrals never
 use up `max_retries` and never lengthen backoff: only transient provider failures
 (429, 5xx, timeouts, dropped connections) count, and they go to the retry queue.
-Permanent failures are dead-lettered at once, with the reason, for replay.
+Permanent failures are dead-lettered at once, with the reason, for replay. The
+exits live in `delivery.py`; this module tells the story of one call.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import random
 import time
 import uuid
-from collections.abc import Mapping
-from typing import Any, NoReturn
+from typing import Any
 
 import redis
 from celery import Task
 from kombu.exceptions import OperationalError
 
 from budget import (
+    BudgetError,
+    BudgetStoreError,
     BudgetUnavailable,
     Decision,
     InvalidRequest,
     NeverAdmissible,
     Outcome,
     QuotaflowError,
+    Redemption,
     Reservation,
 )
 from budget.estimate import Estimate, estimate_request
-from settings import DeploymentSettings, Settings, SettingsError
+from settings import DeploymentSettings, SettingsError
 from tasks import provider, runtime
-from tasks.errors import Deferred, PermanentFailure, PermanentProviderError, TransientProviderError
-from tasks.jobs import ADHOC_JOB
+from tasks.delivery import H_BOOKING, H_REASON, H_REPLY, Delivery, backoff
+from tasks.errors import PermanentProviderError, TransientProviderError
+from tasks.request import LLMRequest, route
 
 log = logging.getLogger(__name__)
 
-#: Message header: how many times the budget postponed this request.
-H_DEFERRALS = "quotaflow_deferrals"
-#: Message header: the booked reservation a deferred task comes back with.
-H_BOOKING = "quotaflow_booking"
-#: Message header: why this delivery happened ("deferral" or "retry"); none when new.
-H_REASON = "quotaflow_reason"
 #: Redis (budget or broker) unreachable: fail closed, hold the message and wait.
 _OUTAGE = (redis.ConnectionError, redis.TimeoutError, BudgetUnavailable, OperationalError)
 #: A booking this close is waited for in place rather than through the broker.
 INLINE_WAIT_SECONDS = 1.0
-
-
-def route(settings: Settings, body: Any, deployment: str | None) -> DeploymentSettings:
-    """The named deployment, else one serving the body's model, else the default."""
-    if deployment:
-        return settings.deployment(deployment)
-    model = body.get("model") if isinstance(body, dict) else None
-    for dep in settings.deployments:
-        if model in (dep.model, dep.name):
-            return dep
-    return settings.deployments[0]
-
-
-def backoff(attempt: int, *, base: float, cap: float, floor: float = 0.0) -> float:
-    """Capped exponential backoff with full jitter, never below the provider's ask."""
-    return max(floor, random.uniform(0, min(cap, base * 2**attempt)))
 
 
 class BudgetedTask(Task):  # type: ignore[misc]
@@ -73,12 +54,6 @@ class BudgetedTask(Task):  # type: ignore[misc]
     max_retries = None
     acks_late = True
     reject_on_worker_lost = True
-
-    def _header(self, name: str) -> Any:
-        value = getattr(self.request, name, None)
-        if value is None:
-            value = (self.request.headers or {}).get(name)
-        return value
 
     def execute(
         self,
@@ -90,97 +65,104 @@ class BudgetedTask(Task):  # type: ignore[misc]
         deployment: str | None,
         tenant: str | None,
     ) -> dict[str, Any]:
-        """Run one request; while Redis is unreachable, hold the message and wait."""
-        rt = runtime.current()
-        deadline = time.monotonic() + rt.settings.budget_outage_wait_seconds
+        """Run one request. While Redis is unreachable, hold the message and wait; past
+        `budget_outage_wait_seconds`, put it back on the main queue."""
+        request = LLMRequest.from_task(
+            body, endpoint=endpoint, custom_id=custom_id, job_id=job_id,
+            deployment=deployment, tenant=tenant, task_id=str(self.request.id),
+        )  # fmt: skip
+        d = Delivery(self, runtime.current(), request)
         attempt = 0
         while True:
             try:
-                return self._execute_once(body, endpoint, custom_id, job_id, deployment, tenant)
+                return self._deliver(d)
+            except BudgetStoreError as exc:
+                # Redis answered with an error waiting will not cure: say so loudly,
+                # keep the request.
+                log.error("budget store error, request %s held back: %s", request.custom_id, exc)
+                d.hold_back(exc)
             except _OUTAGE as exc:
-                if time.monotonic() > deadline:
-                    raise
+                if time.monotonic() > d.outage_deadline:
+                    d.hold_back(exc)
                 log.error("Redis unreachable (failing closed), request waits: %s", exc)
                 time.sleep(backoff(attempt, base=0.5, cap=5.0, floor=0.2))
                 attempt += 1
 
-    def _execute_once(
-        self,
-        body: dict[str, Any],
-        endpoint: str,
-        custom_id: str | None,
-        job_id: str | None,
-        deployment: str | None,
-        tenant: str | None,
-    ) -> dict[str, Any]:
-        rt = runtime.current()
-        job = job_id or ADHOC_JOB
-        cid = custom_id or str(self.request.id)
-        done = rt.jobs.get_result(job, cid)
+    def _deliver(self, d: Delivery) -> dict[str, Any]:
+        rt, r = d.rt, d.request
+        done = rt.jobs.get_result(r.job, r.custom_id)
         if done is not None:  # a redelivery of a request that already succeeded
             return dict(done["response"]["body"])
         if not self.request.retries:
-            rt.jobs.add_queued(job, [cid])
-        ctx = _Context(self, rt, job, cid, endpoint, body, deployment, tenant)
+            rt.jobs.add_queued(r.job, [r.custom_id])
         queue = (self.request.delivery_info or {}).get("routing_key") or ""
-        reason = self._header(H_REASON) or "new"
-        ctx.count("deliveries_total", {"queue": queue, "reason": reason})
+        d.count("deliveries_total", {"queue": queue, "reason": d.header(H_REASON) or "new"})
         try:
-            return self._run(ctx, body, endpoint, deployment)
+            return self._run(d)
         finally:
             # One round trip for all of this delivery's counters, on every exit path.
-            ctx.flush()
+            d.flush()
 
-    def _run(
-        self, ctx: _Context, body: dict[str, Any], endpoint: str, deployment: str | None
-    ) -> dict[str, Any]:
-        rt = ctx.rt
+    def _run(self, d: Delivery) -> dict[str, Any]:
+        r = d.request
         try:
-            dep = route(rt.settings, body, deployment)
-            ctx.dep = dep
-            if not isinstance(body, dict):
-                raise InvalidRequest(f"body must be a JSON object, got {type(body).__name__}")
+            dep = d.dep = route(d.rt.settings, r.body, r.deployment)
+            kept = d.header(H_REPLY)
+            if kept:  # paid for on an earlier delivery; only the write failed
+                return self._record(d, dep, provider.ProviderReply(**kept), estimated=0)
             est = estimate_request(
-                body, endpoint=endpoint, model=body.get("model") or dep.model,
-                context_window=dep.context_window,
-            )  # fmt: skip
-            reservation = self._admit(ctx, dep, est)
-            return self._call(ctx, dep, est, reservation)
+                r.body, endpoint=r.endpoint, model=dep.model, context_window=dep.context_window
+            )
+            reservation = self._admit(d, dep, est)
+            reply = self._call(d, dep, reservation)
+            return self._record(d, dep, reply, estimated=est.total)
         except (InvalidRequest, NeverAdmissible, PermanentProviderError, SettingsError) as exc:
             if isinstance(exc, PermanentProviderError):
-                ctx.metric("provider_responses_total", status=str(exc.status or exc.code))
-            ctx.dead_letter(exc)
+                d.metric("provider_responses_total", status=str(exc.status or exc.code))
+            d.dead_letter(exc)
         except (QuotaflowError, *_OUTAGE):
             raise
         except Exception as exc:
             if _is_celery_control(exc):
                 raise
-            log.exception("request %s of job %s failed unexpectedly", ctx.cid, ctx.job)
-            ctx.dead_letter(exc, code="internal_error")
+            log.exception("request %s of job %s failed unexpectedly", r.custom_id, r.job)
+            d.dead_letter(exc, code="internal_error")
 
-    def _admit(self, ctx: _Context, dep: DeploymentSettings, est: Estimate) -> Reservation:
+    def _admit(self, d: Delivery, dep: DeploymentSettings, est: Estimate) -> Reservation:
         # BudgetUnavailable propagates: `execute` fails closed and waits for Redis.
-        rt = ctx.rt
-        booking = self._header(H_BOOKING)
+        gate = d.rt.gate
+        booking = d.header(H_BOOKING)
         if booking and booking.get("deployment") == dep.name:
             reservation = Reservation(**booking)
-            early = reservation.start_at - rt.gate.now()
-            if early > INLINE_WAIT_SECONDS:
-                ctx.defer(early, reservation, f"booked in {early:.1f}s (came back early)")
-            if early > 0:
-                time.sleep(early)
-                return reservation
-            if -early <= rt.settings.late_tolerance_seconds:
-                return reservation
-            # Started too late: the slot has passed and is simply lost
-            # (conservative); book again.
-            log.info("request %s started %.1fs late for its slot; booking again", ctx.cid, -early)
-        decision = rt.gate.reserve(dep.name, tokens=est.total, reservation_id=uuid.uuid4().hex)
-        ctx.metric("reservations_total", outcome=decision.outcome.value)
-        return self._decided(ctx, decision)
+            # One round trip checks the booking against the gate and uses it up: a
+            # copy of this message, or a booking made before a 429, gets no call.
+            answer, now = gate.redeem(reservation, inline_seconds=INLINE_WAIT_SECONDS)
+            early = reservation.start_at - now
+            if answer is Redemption.EARLY:
+                d.defer(early, reservation, f"booked in {early:.1f}s (came back early)")
+            if answer is Redemption.VALID:
+                if early > 0:
+                    time.sleep(early)
+                    return reservation
+                if -early <= d.rt.settings.late_tolerance_seconds:
+                    return reservation
+                # Started too late: the slot has passed and is simply lost
+                # (conservative); book again.
+                log.info(
+                    "request %s started %.1fs late for its slot; booking again",
+                    d.request.custom_id, -early,
+                )  # fmt: skip
+            else:
+                log.info(
+                    "request %s: booking %s is %s; asking the gate again",
+                    d.request.custom_id, reservation.id, answer.value,
+                )  # fmt: skip
+        decision = gate.reserve(dep.name, tokens=est.total, reservation_id=uuid.uuid4().hex)
+        d.metric("reservations_total", outcome=decision.outcome.value)
+        return self._decided(d, decision)
 
-    def _decided(self, ctx: _Context, decision: Decision) -> Reservation:
-        s = ctx.rt.settings
+    def _decided(self, d: Delivery, decision: Decision) -> Reservation:
+        s = d.rt.settings
         if decision.outcome is Outcome.NEVER:
             assert decision.error is not None
             raise decision.error
@@ -188,7 +170,7 @@ class BudgetedTask(Task):  # type: ignore[misc]
             countdown = min(
                 decision.wait + random.uniform(0, s.defer_jitter_seconds), s.max_defer_seconds
             )
-            ctx.defer(
+            d.defer(
                 countdown,
                 None,
                 f"budget full on {decision.dimension}; asking again in {countdown:.1f}s",
@@ -197,39 +179,65 @@ class BudgetedTask(Task):  # type: ignore[misc]
         assert reservation is not None
         countdown = decision.countdown
         if countdown > INLINE_WAIT_SECONDS:
-            ctx.defer(countdown, reservation, f"booked on {decision.dimension} in {countdown:.1f}s")
+            d.defer(countdown, reservation, f"booked on {decision.dimension} in {countdown:.1f}s")
         if countdown > 0:
             time.sleep(countdown)
         return reservation
 
     def _call(
-        self, ctx: _Context, dep: DeploymentSettings, est: Estimate, reservation: Reservation
-    ) -> dict[str, Any]:
-        rt = ctx.rt
-        rt.jobs.transition(ctx.job, ctx.cid, "running")
+        self, d: Delivery, dep: DeploymentSettings, reservation: Reservation
+    ) -> provider.ProviderReply:
+        rt, r = d.rt, d.request
+        rt.jobs.transition(r.job, r.custom_id, "running")
         try:
-            reply = provider.call(dep, ctx.endpoint, ctx.body)
+            reply = provider.call(dep, r.endpoint, r.body)
         except TransientProviderError as exc:
-            ctx.metric("provider_responses_total", status=str(exc.status or exc.code))
+            d.metric("provider_responses_total", status=str(exc.status or exc.code))
             if exc.status == 429:
                 rt.gate.cooldown(dep.name, exc.retry_after or 1.0)
-            # A refused or failed call used nothing that `actual` accounting could see.
-            rt.gate.settle(reservation, actual_tokens=0)
-            ctx.transient_retry(exc)
-        ctx.metric("provider_responses_total", status=str(reply.status))
+                # A refused call was not counted by the provider. (A timeout or a 5xx
+                # may have been: those keep their charge.) The refund stops at the
+                # cooldown just set.
+                rt.gate.settle(reservation, actual_tokens=0)
+            d.retry_transient(exc)
+        d.metric("provider_responses_total", status=str(reply.status))
         try:
             rt.gate.settle(reservation, actual_tokens=reply.prompt_tokens + reply.completion_tokens)
             rt.gate.observe(dep.name, reply.headers)
-        except BudgetUnavailable as exc:
+        except BudgetError as exc:
             # The call is done and paid for: keep its result; the budget correction is lost.
             log.error("could not settle %s: %s", reservation.id, exc)
+        return reply
+
+    def _record(
+        self, d: Delivery, dep: DeploymentSettings, reply: provider.ProviderReply, *, estimated: int
+    ) -> dict[str, Any]:
+        """Store the result once. The reply is paid for: while Redis is away the write
+        is retried, never the call."""
+        attempt = 0
+        while True:
+            try:
+                return self._store(d, dep, reply, estimated=estimated)
+            except _OUTAGE as exc:
+                if time.monotonic() > d.outage_deadline:
+                    d.hold_back(exc, keep=reply.as_dict())
+                log.error(
+                    "result of %s not stored yet, Redis unreachable: %s", d.request.custom_id, exc
+                )
+                time.sleep(backoff(attempt, base=0.5, cap=5.0, floor=0.2))
+                attempt += 1
+
+    def _store(
+        self, d: Delivery, dep: DeploymentSettings, reply: provider.ProviderReply, *, estimated: int
+    ) -> dict[str, Any]:
+        rt, r = d.rt, d.request
         cost = (
             reply.prompt_tokens * dep.price_input_per_1m
             + reply.completion_tokens * dep.price_output_per_1m
         ) / 1e6
         line = {
             "id": f"batch_req_{self.request.id}",
-            "custom_id": ctx.cid,
+            "custom_id": r.custom_id,
             "response": {
                 "status_code": reply.status,
                 "request_id": reply.request_id or "",
@@ -238,138 +246,20 @@ class BudgetedTask(Task):  # type: ignore[misc]
             "error": None,
         }
         stored = rt.jobs.record_result(
-            ctx.job, ctx.cid, line,
+            r.job, r.custom_id, line,
             prompt_tokens=reply.prompt_tokens,
             completion_tokens=reply.completion_tokens,
             cost_usd=cost,
         )  # fmt: skip
         if stored:
-            rt.jobs.note_attempts(ctx.job, ctx.cid, deferrals=ctx.deferrals, retries=ctx.attempt)
-            labels = {"deployment": dep.name, "tenant": ctx.tenant or ""}
-            ctx.count("tokens_estimated_total", labels, est.total)
-            ctx.count("tokens_prompt_total", labels, reply.prompt_tokens)
-            ctx.count("tokens_completion_total", labels, reply.completion_tokens)
-            ctx.count("cost_usd_total", labels, cost)
-            ctx.count("requests_done_total", labels)
+            rt.jobs.note_attempts(r.job, r.custom_id, deferrals=d.deferrals, retries=d.attempt)
+            labels = {"deployment": dep.name, "tenant": r.tenant or ""}
+            d.count("tokens_estimated_total", labels, estimated)
+            d.count("tokens_prompt_total", labels, reply.prompt_tokens)
+            d.count("tokens_completion_total", labels, reply.completion_tokens)
+            d.count("cost_usd_total", labels, cost)
+            d.count("requests_done_total", labels)
         return reply.body
-
-
-class _Context:
-    """One execution of one request: what the failure paths need to know."""
-
-    def __init__(
-        self,
-        task: BudgetedTask,
-        rt: runtime.Runtime,
-        job: str,
-        cid: str,
-        endpoint: str,
-        body: Any,
-        deployment: str | None,
-        tenant: str | None,
-    ) -> None:
-        self.task = task
-        self.rt = rt
-        self.job = job
-        self.cid = cid
-        self.endpoint = endpoint
-        self.body = body
-        self.deployment = deployment
-        self.tenant = tenant
-        self.dep: DeploymentSettings | None = None
-        self.deferrals = int(task._header(H_DEFERRALS) or 0)
-        self.counters: list[tuple[str, Mapping[str, str], float]] = []
-
-    @property
-    def attempt(self) -> int:
-        """Transient failures so far (deliveries minus deferrals)."""
-        return int(self.task.request.retries or 0) - self.deferrals
-
-    def count(self, name: str, labels: dict[str, str], amount: float = 1) -> None:
-        """Add to a counter when this delivery ends (see `flush`)."""
-        self.counters.append((name, labels, amount))
-
-    def metric(self, name: str, **labels: str) -> None:
-        labels["deployment"] = self.dep.name if self.dep else (self.deployment or "")
-        self.count(name, labels)
-
-    def flush(self) -> None:
-        if self.counters:
-            self.rt.metrics.add(self.counters)  # never raises: metrics are best effort
-            self.counters = []
-
-    def defer(self, countdown: float, booking: Reservation | None, reason: str) -> NoReturn:
-        """Postpone on the main queue; never counted against max_retries."""
-        self.rt.jobs.transition(self.job, self.cid, "deferred")
-        self.rt.jobs.count(self.job, "deferrals")
-        labels = {"deployment": self.dep.name if self.dep else ""}
-        self.count("deferrals_total", labels)
-        self.count("deferral_seconds_total", labels, countdown)
-        headers = {
-            H_REASON: "deferral",
-            H_DEFERRALS: self.deferrals + 1,
-            H_BOOKING: None if booking is None else dataclasses.asdict(booking),
-        }
-        raise self.task.retry(
-            countdown=max(0.0, countdown),
-            queue=self.rt.settings.queue,
-            headers=headers,
-            exc=Deferred(reason),
-        )
-
-    def transient_retry(self, exc: TransientProviderError) -> NoReturn:
-        """Retry on the retry queue with backoff; dead-letter once retries run out."""
-        s = self.rt.settings
-        attempt = self.attempt
-        if attempt >= s.max_retries:
-            self.dead_letter(exc, code="retries_exhausted", note=f"after {attempt + 1} attempts")
-        countdown = backoff(
-            attempt, base=s.backoff_base_seconds, cap=s.backoff_cap_seconds,
-            floor=exc.retry_after or 0.0,
-        )  # fmt: skip
-        self.rt.jobs.transition(self.job, self.cid, "retrying")
-        self.rt.jobs.count(self.job, "retries")
-        raise self.task.retry(
-            countdown=countdown,
-            queue=s.retry_queue,
-            headers={H_REASON: "retry", H_DEFERRALS: self.deferrals, H_BOOKING: None},
-            exc=exc,
-        )
-
-    def dead_letter(
-        self, exc: BaseException, *, code: str | None = None, note: str = ""
-    ) -> NoReturn:
-        code = code or getattr(exc, "code", None) or _code_for(exc)
-        message = f"{exc} ({note})" if note else str(exc)
-        if self.dep is not None:
-            message = provider.scrub(message, self.dep)
-        entry = {
-            "custom_id": self.cid,
-            "job_id": self.job,
-            "endpoint": self.endpoint,
-            "body": self.body,
-            "deployment": self.deployment,
-            "tenant": self.tenant,
-            "error": {"code": code, "message": message},
-            "status": getattr(exc, "status", None),
-            "task_id": self.task.request.id,
-            "attempts": self.attempt + 1,
-            "at": time.time(),
-        }
-        self.rt.jobs.record_dead(self.job, self.cid, entry)
-        self.metric("dead_letters_total", code=code)
-        log.warning("request %s of job %s dead-lettered: %s: %s", self.cid, self.job, code, message)
-        raise PermanentFailure(f"{code}: {message}")
-
-
-def _code_for(exc: BaseException) -> str:
-    if isinstance(exc, NeverAdmissible):
-        return "never_admissible"
-    if isinstance(exc, InvalidRequest):
-        return "context_length_exceeded" if "context window" in str(exc) else "invalid_request"
-    if isinstance(exc, SettingsError):
-        return "unknown_deployment"
-    return type(exc).__name__
 
 
 def _is_celery_control(exc: BaseException) -> bool:

@@ -6,7 +6,7 @@ takes a single message argument so that Celery can rebuild it from a JSON result
 
 from __future__ import annotations
 
-from budget.errors import QuotaflowError
+from budget.errors import InvalidRequest, QuotaflowError
 
 
 class ProviderError(QuotaflowError):
@@ -36,3 +36,9 @@ class Deferred(QuotaflowError):
 
 class NotConfigured(QuotaflowError):
     """The tasks were run before quotaflow's settings were installed."""
+
+
+class UnknownModel(InvalidRequest):
+    """The body's model is served by no configured deployment (or not by the one named)."""
+
+    code = "model_not_configured"

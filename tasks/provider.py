@@ -7,6 +7,7 @@ every attempt passes the gate and 429s cool the deployment down for all workers.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import os
 import re
@@ -24,6 +25,10 @@ from tasks.errors import PermanentProviderError, ProviderError, TransientProvide
 ENDPOINTS = ("chat", "embeddings")
 #: Statuses worth retrying besides 429 and 5xx.
 _TRANSIENT_STATUSES = {408, 409}
+#: 429s that waiting cannot cure: the account, not the rate, is the problem.
+_PERMANENT_429_CODES = frozenset(
+    {"insufficient_quota", "billing_hard_limit_reached", "billing_not_active", "access_terminated"}
+)
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,10 @@ class ProviderReply:
     request_id: str | None
     prompt_tokens: int
     completion_tokens: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready; `ProviderReply(**d)` rebuilds it."""
+        return dataclasses.asdict(self)
 
 
 _clients: dict[tuple[int, str], openai.OpenAI] = {}
@@ -106,9 +115,9 @@ def call(dep: DeploymentSettings, endpoint: str, body: Mapping[str, Any]) -> Pro
         raise InvalidRequest("stream=true is not supported for batch work; remove it")
     client = client_for(dep)
     request = dict(body)
-    request.setdefault("model", dep.model)
-    if dep.kind == "azure":
-        request["model"] = dep.model  # the Azure deployment name routes the call
+    # Always the deployment's model: its budget is the one charged (for azure, the
+    # deployment name routes the call). `route` refused bodies asking for another.
+    request["model"] = dep.model
     try:
         if endpoint == "chat":
             create = client.chat.completions.with_raw_response.create
@@ -141,9 +150,12 @@ def classify(exc: openai.APIError, dep: DeploymentSettings) -> ProviderError:
     """Turn an SDK error into quotaflow's, with the API key scrubbed from the text."""
     status = getattr(exc, "status_code", None)
     body = getattr(exc, "body", None)
-    code = None
+    code = kind = None
     if isinstance(body, Mapping):
-        code = body.get("code") or (body.get("error") or {}).get("code")
+        error = body.get("error")
+        inner: Mapping[str, Any] = error if isinstance(error, Mapping) else body
+        code = inner.get("code") or body.get("code")
+        kind = inner.get("type")
     message = scrub(str(getattr(exc, "message", None) or exc), dep)
     err: ProviderError
     if isinstance(exc, openai.APITimeoutError):
@@ -152,6 +164,9 @@ def classify(exc: openai.APIError, dep: DeploymentSettings) -> ProviderError:
     elif isinstance(exc, openai.APIConnectionError):
         err = TransientProviderError(f"connection failed: {message}")
         err.code = "connection_error"
+    elif status == 429 and {code, kind} & _PERMANENT_429_CODES:
+        err = PermanentProviderError(f"provider refused: {message} (429, waiting cannot help)")
+        err.code = str(code or kind)
     elif status == 429:
         err = TransientProviderError(f"rate limited by the provider (429): {message}")
         err.code = "rate_limited"

@@ -70,6 +70,7 @@ def current() -> Runtime:
             key_prefix=_settings.key_prefix,
             horizon_seconds=_settings.booking_horizon_seconds,
             admission_log=_settings.admission_log,
+            max_cooldown_seconds=_settings.max_cooldown_seconds,
         )
         _runtime = Runtime(
             settings=_settings,

@@ -8,6 +8,8 @@
 -- KEYS[2]  TAT of the request bucket
 -- KEYS[3]  cooldown marker (written when ARGV[3] > 0)
 -- KEYS[4]  rate factor (missing = 1)
+-- KEYS[5]  the deployment's epoch: a cooldown moves it on, which makes every
+--          booking made before it stale (redeem.lua)
 -- ARGV[1]  lowest TAT for tokens, as an offset from now in microseconds ("" = keep)
 -- ARGV[2]  lowest TAT for requests, as an offset from now in microseconds ("" = keep)
 -- ARGV[3]  cooldown length in milliseconds (0 = no marker)
@@ -44,6 +46,7 @@ if cooldown_ms > 0 then
   if until_us > current then
     redis.call("SET", KEYS[3], string.format("%d", until_us), "PX", cooldown_ms)
   end
+  redis.call("INCR", KEYS[5])
 end
 local change = ARGV[4]
 if string.sub(change, 1, 1) == "x" and cooling then change = "" end

@@ -9,6 +9,8 @@
 -- KEYS[2]  TAT of the request bucket
 -- KEYS[3]  admission log (list), written only when ARGV[8] == "1"
 -- KEYS[4]  rate factor (0 < f <= 1; missing = 1), lowered by provider 429s
+-- KEYS[5]  the deployment's epoch (moved on by every cooldown; missing = 0)
+-- KEYS[6]  booking marker of this reservation (written when booked; see redeem.lua)
 -- ARGV[1]  token cost
 -- ARGV[2]  request cost
 -- ARGV[3]  microseconds per token   (60e6 / tpm)
@@ -19,6 +21,7 @@
 -- ARGV[8]  "1" to append the admission to the log
 -- ARGV[9]  longest admission log kept
 -- ARGV[10] reservation id (for the log)
+-- ARGV[11] how long a booking marker outlives its start, milliseconds
 --
 -- A request is booked when the time booked ahead on every bucket is within the
 -- horizon; it then starts at most horizon + its own cost's interval from now.
@@ -92,6 +95,10 @@ if log_on then
 end
 
 if start > now then
+  -- The booking is single-use and remembers the epoch, so that a copy of the
+  -- message, a forged header or a booking made before a 429 cannot skip the gate.
+  redis.call("SET", KEYS[6], redis.call("GET", KEYS[5]) or "0", "PX",
+             math.floor((start - now) / 1000) + tonumber(ARGV[11]))
   return {1, now, start, 0, binding}
 end
 return {0, now, now, 0, binding}

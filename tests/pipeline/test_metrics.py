@@ -69,13 +69,14 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 
 
 def write_batch(path: Path, n: int) -> None:
-    """`n` requests, and one for a model the provider does not have (a dead letter)."""
+    """`n` requests, and one the provider answers 404 (a dead letter)."""
     with path.open("w") as fh:
         for i in range(n + 1):
-            model = "gpt-missing" if i == n else "gpt-4o-mini"
             text = f"item {i}: " + "text " * (3 + i % 20)
+            if i == n:
+                text += " [[status:404]]"
             body = {
-                "model": model,
+                "model": "gpt-4o-mini",
                 "max_tokens": 16,
                 "messages": [{"role": "user", "content": text}],
             }
@@ -85,7 +86,7 @@ def write_batch(path: Path, n: int) -> None:
 
 def test_scrape_during_and_after_a_job(tmp_path: Path, simulator, cluster) -> None:  # type: ignore[no-untyped-def]
     # 200 tokens/s, 1 s burst, ~1,300 tokens of demand: most requests wait as ETA tasks.
-    sim = simulator(tpm=12_000, rpm=3_000, bucket_seconds=2.0, fail_models=["gpt-missing"])
+    sim = simulator(tpm=12_000, rpm=3_000, bucket_seconds=2.0)
     c = cluster(sim)
     # 16 calls in flight book several seconds ahead: those wait as ETA tasks.
     c.start_workers(1, pool="threads", concurrency=16)
