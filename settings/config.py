@@ -160,6 +160,11 @@ class Settings(BaseSettings):
     eta_task_limit: PositiveInt = 2000
     #: Record every admission in Redis (for audits and the conformance tests).
     admission_log: bool = False
+    #: Show task arguments (prompts) in Flower, task events and `celery inspect`;
+    #: by default they show custom_id, job, tenant, deployment and model only.
+    show_task_arguments: bool = False
+    #: Distinct tenant labels the metrics keep; later tenants are counted as `other`.
+    metrics_max_tenants: PositiveInt = 100
     #: Where the simulator listens when quotaflow starts one itself.
     simulator_host: str = "127.0.0.1"
     simulator_port: int = Field(default=8765, ge=0, le=65535)
