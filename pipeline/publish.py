@@ -21,6 +21,7 @@ from kombu.utils.encoding import safe_repr
 
 from pipeline import installed
 from settings import SettingsError
+from tasks.metrics import check_tenant
 
 NO_REDIS = (
     "QUOTAFLOW_REDIS_URL is not set: workers and submitters need a shared Redis "
@@ -71,6 +72,8 @@ class QuotaflowAMQP(AMQP):  # type: ignore[misc]
             # A signal handler cannot refuse: Celery logs its exceptions and publishes.
             if settings is not None and settings.redis_url is None:
                 raise SettingsError(NO_REDIS)
+            if isinstance(kwargs, Mapping):
+                check_tenant(kwargs.get("tenant"))
             if argsrepr is None and kwargsrepr is None:
                 if _show_arguments():  # whole: Celery's default stops three levels down
                     argsrepr = saferepr(args, self.argsrepr_maxsize, maxlevels=_SHOWN_LEVELS)
