@@ -6,6 +6,7 @@ redelivery safe and deferrals cheap is set here in one place.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import Celery, signals
@@ -14,9 +15,12 @@ from kombu import Queue
 import tasks  # noqa: F401  - registers the shared tasks with every app
 from pipeline import installed
 from pipeline.compat import guard_restore_unacked
+from pipeline.preflight import check_eviction_policy
 from pipeline.publish import NO_REDIS, QuotaflowAMQP, hide_arguments_from_inspect
 from settings import Settings, SettingsError, load_settings
 from tasks import runtime
+
+log = logging.getLogger(__name__)
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -85,6 +89,16 @@ def _check_worker(**_: Any) -> None:
     settings = installed.settings
     if settings is not None and settings.redis_url is None:
         raise SystemExit(f"quotaflow worker: {NO_REDIS}")
+    if settings is not None and settings.redis_url is not None:
+        client = runtime.redis_client(settings.redis_url)
+        try:
+            warning = check_eviction_policy(client)
+        except SettingsError as exc:
+            raise SystemExit(f"quotaflow worker: {exc}") from None
+        finally:
+            client.close()
+        if warning is not None:
+            log.warning("quotaflow worker: %s", warning)
 
 
 @signals.worker_init.connect
