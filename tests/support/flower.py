@@ -27,9 +27,10 @@ class Flower:
         self.log_path = cwd / "flower.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("QUOTAFLOW_")}
         env.update(settings_env(settings))
+        env["FLOWER_BASIC_AUTH"] = "user:pass"  # as docker-compose passes it: off the command line
         args = [
             sys.executable, "-m", "celery", "-A", "pipeline", "flower",
-            f"--port={self.port}", "--address=127.0.0.1", "--basic-auth=user:pass",
+            f"--port={self.port}", "--address=127.0.0.1",
         ]  # fmt: skip
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
