@@ -40,7 +40,8 @@ worker: install
 	$(BIN)/celery -A pipeline worker -Q quotaflow,quotaflow.retry -c 8 -l info
 
 flower: install
-	$(BIN)/celery -A pipeline flower --basic-auth=$${FLOWER_BASIC_AUTH:?set FLOWER_BASIC_AUTH=user:password}
+	@: $${FLOWER_BASIC_AUTH:?set FLOWER_BASIC_AUTH=user:password}
+	$(BIN)/celery -A pipeline flower  # reads FLOWER_BASIC_AUTH itself: not on the command line
 
 up:
 	docker compose up -d

@@ -39,6 +39,7 @@ class RedisProcess:
             "--bind", "127.0.0.1",
             "--save", "",
             "--appendonly", "no",
+            "--maxmemory-policy", "noeviction",
             "--dir", str(self.dir),
         ]  # fmt: skip
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -6,28 +6,28 @@ redelivery safe and deferrals cheap is set here in one place.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import Celery, signals
 from kombu import Queue
 
 import tasks  # noqa: F401  - registers the shared tasks with every app
+from pipeline import installed
 from pipeline.compat import guard_restore_unacked
+from pipeline.preflight import check_eviction_policy
+from pipeline.publish import NO_REDIS, QuotaflowAMQP, hide_arguments_from_inspect
 from settings import Settings, SettingsError, load_settings
 from tasks import runtime
 
-NO_REDIS = (
-    "QUOTAFLOW_REDIS_URL is not set: workers and submitters need a shared Redis "
-    "(e.g. QUOTAFLOW_REDIS_URL=redis://127.0.0.1:6379/0); `quotaflow run` and "
-    "`quotaflow demo` start a private one for you"
-)
+log = logging.getLogger(__name__)
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     url = settings.redis_url
     vt = settings.visibility_timeout_seconds
     return {
-        # No Redis configured: nothing may be published anywhere (see _refuse_publish).
+        # No Redis configured: nothing may be published anywhere (see publish.QuotaflowAMQP).
         "broker_url": url or "memory://",
         "result_backend": url or "cache+memory://",
         "task_serializer": "json",
@@ -61,7 +61,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 def create_app(settings: Settings | None = None) -> Celery:
     settings = settings or load_settings()
-    celery_app = Celery("quotaflow", set_as_current=True)
+    celery_app = Celery("quotaflow", set_as_current=True, amqp=QuotaflowAMQP)
     configure(celery_app, settings)
     return celery_app
 
@@ -77,29 +77,28 @@ def configure(celery_app: Celery, settings: Settings) -> None:
     if celery_app._local is not None and hasattr(celery_app._local, "backend"):
         del celery_app._local.backend
     celery_app.conf.update(celery_config(settings))
-    celery_app.conf.quotaflow_settings = settings
+    # Not on app.conf: `celery inspect conf` and Flower print it (the URL has the password).
+    installed.install(settings)
     runtime.configure(settings)
-
-
-@signals.before_task_publish.connect
-def _refuse_publish(sender: str | None = None, **_: Any) -> None:
-    settings = getattr(app.conf, "quotaflow_settings", None)
-    if (
-        settings is not None
-        and settings.redis_url is None
-        and (sender or "").startswith("quotaflow.")
-    ):
-        raise SettingsError(NO_REDIS)
 
 
 @signals.celeryd_init.connect
 def _check_worker(**_: Any) -> None:
-    error = getattr(app.conf, "quotaflow_settings_error", None)
-    if error is not None:
-        raise SystemExit(f"quotaflow worker: {error}")
-    settings = getattr(app.conf, "quotaflow_settings", None)
+    if installed.error is not None:
+        raise SystemExit(f"quotaflow worker: {installed.error}")
+    settings = installed.settings
     if settings is not None and settings.redis_url is None:
         raise SystemExit(f"quotaflow worker: {NO_REDIS}")
+    if settings is not None and settings.redis_url is not None:
+        client = runtime.redis_client(settings.redis_url)
+        try:
+            warning = check_eviction_policy(client)
+        except SettingsError as exc:
+            raise SystemExit(f"quotaflow worker: {exc}") from None
+        finally:
+            client.close()
+        if warning is not None:
+            log.warning("quotaflow worker: %s", warning)
 
 
 @signals.worker_init.connect
@@ -108,7 +107,7 @@ def _load_tokenizers(**_: Any) -> None:
     # process loads them on its first task (~0.5 s of CPU each, all at the same moment).
     from budget.estimate import encoding_for_model
 
-    settings = getattr(app.conf, "quotaflow_settings", None)
+    settings = installed.settings
     for dep in settings.deployments if settings is not None else ():
         encoding_for_model(dep.model)
 
@@ -119,10 +118,11 @@ def _default_app() -> Celery:
     try:
         return create_app()
     except SettingsError as exc:
-        celery_app = Celery("quotaflow", set_as_current=True)
-        celery_app.conf.quotaflow_settings_error = str(exc)
+        celery_app = Celery("quotaflow", set_as_current=True, amqp=QuotaflowAMQP)
+        installed.failed(str(exc))
         return celery_app
 
 
 guard_restore_unacked()
+hide_arguments_from_inspect()
 app = _default_app()

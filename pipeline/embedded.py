@@ -132,6 +132,9 @@ class EmbeddedRedis:
                     f"requirepass {self._password}",
                     'save ""',
                     "appendonly no",
+                    # Workers refuse a Redis that may evict keys. It is Redis's default
+                    # too; explicit, so a build with another default changes nothing.
+                    "maxmemory-policy noeviction",
                     f'dir "{self.dir}"',
                     f'logfile "{self.dir / "redis.log"}"',
                     "daemonize no",

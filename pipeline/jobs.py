@@ -18,6 +18,7 @@ from pipeline.broker import UNACKED_KEY, message_id, queue_lists
 from settings import Settings, SettingsError
 from tasks import TASK_FOR_URL
 from tasks.jobs import JobStatus, JobStore
+from tasks.metrics import check_tenant
 from tasks.request import route
 
 ENDPOINT_FOR_URL = {"/v1/chat/completions": "chat", "/v1/embeddings": "embeddings"}
@@ -79,6 +80,7 @@ class Jobs:
         """
         if deployment is not None:
             self.settings.deployment(deployment)  # unknown: fail before anything is queued
+        check_tenant(tenant)
         report = SubmitReport(job_id=job_id or new_job_id())
         self.store.create(report.job_id, meta={**(meta or {}), "tenant": tenant or ""})
         chunk: list[tuple[BatchLine, int]] = []

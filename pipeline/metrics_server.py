@@ -28,6 +28,9 @@ from tasks.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
+#: Families the collector makes itself; a counter field must not shadow them.
+_OWN_FAMILIES = ("queue_", "budget_")
+
 HELP = {
     "deliveries_total": "Task deliveries, by queue and reason (new, deferral, retry).",
     "reservations_total": "Gate answers to reservations, by outcome.",
@@ -87,36 +90,50 @@ class QuotaflowCollector(Collector):  # type: ignore[misc]
         self.rt = rt
 
     def collect(self) -> Iterator[Metric]:
+        # A scrape never fails: a part that cannot be read is left out and logged.
         up = GaugeMetricFamily("quotaflow_up", "1 when Redis answered this scrape.")
-        try:
-            families = list(self._families())
-        except redis.RedisError as exc:
-            log.warning("metrics scrape: Redis unreachable: %s", exc)
-            up.add_metric([], 0)
-            yield up
-            return
-        up.add_metric([], 1)
+        families: list[Metric] = []
+        ok = True
+        for part in (self._counters, self._queues, self._budget):
+            try:
+                families.extend(part())
+            except (redis.RedisError, QuotaflowError) as exc:
+                log.warning("metrics scrape: Redis unreachable: %s", exc)
+                ok = False
+                break
+            except Exception:
+                log.exception("metrics scrape: %s left out", part.__name__)
+        up.add_metric([], 1 if ok else 0)
         yield up
-        yield from families
+        if ok:
+            yield from families
 
-    def _families(self) -> Iterator[Metric]:
-        rt = self.rt
-        series: dict[str, list[tuple[dict[str, str], float]]] = defaultdict(list)
-        for raw, value in rt.metrics.read().items():
+    def _counters(self) -> Iterator[Metric]:
+        series: dict[str, dict[tuple[tuple[str, str], ...], float]] = defaultdict(dict)
+        for raw, value in self.rt.metrics.read().items():  # well-formed fields only
             name, labels = parse_field(raw)
-            series[name].append((labels, value))
+            if name == "up" or name.startswith(_OWN_FAMILIES):
+                log.warning("metrics scrape: counter %r collides with a gauge; skipped", name)
+                continue
+            # Distinct fields can spell the same series (a hand-written field): add them.
+            points = series[name]
+            key = tuple(sorted(labels.items()))
+            points[key] = points.get(key, 0.0) + value
         for name, points in sorted(series.items()):
-            keys = sorted({k for labels, _ in points for k in labels})
+            keys = sorted({k for pairs in points for k, _ in pairs})
             help_text = HELP.get(name, f"quotaflow counter {name}.")
             family: Any
             if name.endswith("_total"):
                 family = CounterMetricFamily(f"quotaflow_{name}", help_text, labels=keys)
             else:
                 family = GaugeMetricFamily(f"quotaflow_{name}", help_text, labels=keys)
-            for labels, value in points:
-                family.add_metric([labels.get(k, "") for k in keys], value)
+            for pairs, value in points.items():
+                found = dict(pairs)
+                family.add_metric([found.get(k, "") for k in keys], value)
             yield family
 
+    def _queues(self) -> Iterator[Metric]:
+        rt = self.rt
         depth = queue_depth(rt.redis, rt.settings)
         for metric, doc, values in (
             ("quotaflow_queue_length", "Messages waiting in the queue (LLEN).", depth.ready),
@@ -136,6 +153,8 @@ class QuotaflowCollector(Collector):  # type: ignore[misc]
                 gauge.add_metric([queue], n)
             yield gauge
 
+    def _budget(self) -> Iterator[Metric]:
+        rt = self.rt
         gauges = {
             "tokens_available": "Tokens the gate could admit now.",
             "tokens_capacity": "The gate's burst capacity in tokens.",

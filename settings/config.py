@@ -6,7 +6,7 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -116,13 +116,15 @@ class DeploymentSettings(BaseModel):
         return self.rpm * self.burst_seconds / 60.0
 
 
-def _default_deployments() -> list[DeploymentSettings]:
+def _default_deployments(data: dict[str, Any]) -> list[DeploymentSettings]:
+    host = data.get("simulator_host", "127.0.0.1")
+    port = data.get("simulator_port", 8765)
     return [
         DeploymentSettings(
             name="default",
             kind="compatible",
             model="gpt-4o-mini",
-            base_url="http://127.0.0.1:8765/v1",
+            base_url=f"http://{host}:{port}/v1",
             api_key=SecretStr("sk-local-simulator"),
             tpm=30_000,
             rpm=600,
@@ -183,7 +185,13 @@ class Settings(BaseSettings):
     eta_task_limit: PositiveInt = 2000
     #: Record every admission in Redis (for audits and the conformance tests).
     admission_log: bool = False
-    #: Where the simulator listens when quotaflow starts one itself.
+    #: Show task arguments (prompts) in Flower, task events and `celery inspect`;
+    #: by default they show custom_id, job, tenant, deployment and model only.
+    show_task_arguments: bool = False
+    #: Distinct tenant labels the metrics keep; later tenants are counted as `other`.
+    metrics_max_tenants: PositiveInt = 100
+    #: The simulator the default deployment calls (docker-compose: the `simulator`
+    #: service), and where it listens when quotaflow starts one itself.
     simulator_host: str = "127.0.0.1"
     simulator_port: int = Field(default=8765, ge=0, le=65535)
     #: The deployments requests can go to; the first is the default.

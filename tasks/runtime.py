@@ -77,7 +77,9 @@ def current() -> Runtime:
             redis=client,
             gate=gate,
             jobs=JobStore(client, key_prefix=_settings.key_prefix),
-            metrics=Metrics(client, key_prefix=_settings.key_prefix),
+            metrics=Metrics(
+                client, key_prefix=_settings.key_prefix, max_tenants=_settings.metrics_max_tenants
+            ),
             pid=os.getpid(),
         )
         return _runtime

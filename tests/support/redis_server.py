@@ -21,11 +21,20 @@ def free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, *, appendonly: bool = False, password: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        appendonly: bool = False,
+        password: str | None = None,
+        maxmemory_policy: str = "noeviction",
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="qf-redis-"))
         self.appendonly = appendonly
         self.password = password
+        self.maxmemory_policy = maxmemory_policy
+        self.extra_args = extra_args
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -42,6 +51,9 @@ class RedisServer:
             "--dir", str(self.dir),
             "--appendonly", "yes" if self.appendonly else "no",
             "--appendfsync", "everysec",
+            # Workers refuse a Redis that may evict keys (Redis's default is noeviction).
+            "--maxmemory-policy", self.maxmemory_policy,
+            *self.extra_args,
         ]  # fmt: skip
         if self.password:
             args += ["--requirepass", self.password]

@@ -1,0 +1,119 @@
+"""What a quotaflow message shows outside the worker, and what is refused before it is sent.
+
+Celery puts a repr of every task's arguments (here: the prompt) in the message headers
+(`argsrepr`, `kwargsrepr`), in the task-sent and task-received events, and in the
+answers to `celery inspect active/reserved/scheduled`; Flower shows all of them. For
+quotaflow's tasks these show the request's custom_id, job, tenant, deployment and
+model instead, unless `show_task_arguments` is set. This holds for every publisher
+that uses the quotaflow app: `.delay()` from user code, `quotaflow submit`, retries.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from celery.app.amqp import AMQP
+from celery.utils.saferepr import saferepr
+from celery.worker.control import Panel
+from kombu.utils.encoding import safe_repr
+
+from pipeline import installed
+from settings import SettingsError
+from tasks.metrics import check_tenant
+
+NO_REDIS = (
+    "QUOTAFLOW_REDIS_URL is not set: workers and submitters need a shared Redis "
+    "(e.g. QUOTAFLOW_REDIS_URL=redis://127.0.0.1:6379/0); `quotaflow run` and "
+    "`quotaflow demo` start a private one for you"
+)
+#: What Flower shows in place of the request body.
+HIDDEN_BODY = "<request body hidden: set show_task_arguments to show it>"
+_SHOWN = ("custom_id", "job_id", "tenant", "deployment")
+#: Nesting shown with show_task_arguments: args > body > messages > message > content.
+_SHOWN_LEVELS = 6
+
+
+def _ours(name: object) -> bool:
+    return isinstance(name, str) and name.startswith("quotaflow.")
+
+
+def _show_arguments() -> bool:
+    settings = installed.settings
+    return settings is not None and settings.show_task_arguments
+
+
+def task_reprs(args: Any, kwargs: Any) -> tuple[str, str]:
+    """(argsrepr, kwargsrepr) of a quotaflow task: who and what, never the prompt."""
+    body = args[0] if isinstance(args, list | tuple) and args else None
+    kw = kwargs if isinstance(kwargs, Mapping) else {}
+    shown: dict[str, Any] = {k: kw.get(k) for k in _SHOWN}
+    shown["model"] = body.get("model") if isinstance(body, Mapping) else None
+    return f"({HIDDEN_BODY!r},)", safe_repr(shown)
+
+
+class QuotaflowAMQP(AMQP):  # type: ignore[misc]
+    """Builds quotaflow's task messages: argument reprs without the prompt; refusals."""
+
+    def as_task_v2(
+        self,
+        task_id: str,
+        name: str,
+        args: Any = None,
+        kwargs: Any = None,
+        *rest: Any,
+        argsrepr: str | None = None,
+        kwargsrepr: str | None = None,
+        **options: Any,
+    ) -> Any:
+        if _ours(name):
+            settings = installed.settings
+            # A signal handler cannot refuse: Celery logs its exceptions and publishes.
+            if settings is not None and settings.redis_url is None:
+                raise SettingsError(NO_REDIS)
+            if isinstance(kwargs, Mapping):
+                check_tenant(kwargs.get("tenant"))
+            if argsrepr is None and kwargsrepr is None:
+                if _show_arguments():  # whole: Celery's default stops three levels down
+                    argsrepr = saferepr(args, self.argsrepr_maxsize, maxlevels=_SHOWN_LEVELS)
+                else:
+                    argsrepr, kwargsrepr = task_reprs(args, kwargs)
+        return super().as_task_v2(
+            task_id, name, args, kwargs, *rest, argsrepr=argsrepr, kwargsrepr=kwargsrepr,
+            **options,
+        )  # fmt: skip
+
+
+def _hide(info: Any) -> Any:
+    """One task of an inspect answer, with its arguments replaced by their reprs."""
+    if isinstance(info, dict) and isinstance(info.get("request"), dict):  # scheduled
+        return {**info, "request": _hide(info["request"])}
+    if isinstance(info, dict) and _ours(info.get("name")) and not _show_arguments():
+        args, kwargs = info.get("args"), info.get("kwargs")
+        if not isinstance(args, str):  # `active(safe=True)` already gives the reprs
+            info = {**info, **dict(zip(("args", "kwargs"), task_reprs(args, kwargs), strict=True))}
+    return info
+
+
+def _hiding(command: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(command)
+    def hidden(state: Any, **kwargs: Any) -> Any:
+        answer = command(state, **kwargs)
+        return [_hide(i) for i in answer] if isinstance(answer, list) else answer
+
+    hidden.quotaflow_hides = True  # type: ignore[attr-defined]
+    return hidden
+
+
+def hide_arguments_from_inspect() -> None:
+    """`celery inspect active/reserved/scheduled` (and Flower) show reprs, not prompts."""
+    for name in ("active", "reserved", "scheduled"):
+        command = Panel.data.get(name)
+        if command is None or getattr(command, "quotaflow_hides", False):
+            continue
+        hidden = _hiding(command)
+        Panel.data[name] = hidden
+        alias = Panel.meta[name].alias
+        if alias:
+            Panel.data[alias] = hidden
