@@ -32,10 +32,16 @@ _BOOKING_GRACE_MS = 60_000
 _LOG_MAX = 1_000_000
 #: After a provider 429 the rate is multiplied by this (someone else uses the quota)...
 _FACTOR_DECREASE = 0.85
-#: ...and each success adds this back, up to the full rate.
-_FACTOR_INCREASE = 0.002
+#: ...and this much of the full rate comes back per second after it (0.85 -> 1 in
+#: 7.5 s, the floor -> 1 in 35 s), whatever our own throughput: what stops the next
+#: 429s is the learned neighbour rate, not this.
+_FACTOR_REGAIN_PER_SECOND = 0.02
 #: The rate never drops below this share of the configured one.
 _FACTOR_FLOOR = 0.3
+#: Neighbour learning: samples are smoothed over this many seconds...
+_NEIGHBOUR_SMOOTHING_SECONDS = 10.0
+#: ...and taken at least this far apart (closer ones tell nothing but noise).
+_NEIGHBOUR_SAMPLE_SECONDS = 1.0
 
 
 class Outcome(enum.Enum):
@@ -129,8 +135,19 @@ class BudgetSnapshot:
     booked_ahead_seconds: float
     #: Seconds left of a provider cooldown (0 when none).
     cooldown_seconds: float
-    #: Share of the configured rate in use (< 1 after provider 429s).
+    #: Share of the configured token rate the gate admits now (< 1 after a 429 or
+    #: while a neighbour is learned).
     rate_factor: float = 1.0
+    #: Share of the configured request rate the gate admits now.
+    request_rate_factor: float = 1.0
+    #: Tokens per minute that other clients on the key are learned to use.
+    neighbour_tpm: float = 0.0
+    #: Requests per minute that other clients on the key are learned to use.
+    neighbour_rpm: float = 0.0
+    #: Tokens per minute the gate admits now (configured tpm x rate_factor).
+    effective_tpm: float = 0.0
+    #: Requests per minute the gate admits now.
+    effective_rpm: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -166,8 +183,18 @@ class Gate:
         horizon_seconds: float = 300.0,
         admission_log: bool = False,
         max_cooldown_seconds: float = 60.0,
+        neighbour_smoothing_seconds: float = _NEIGHBOUR_SMOOTHING_SECONDS,
+        neighbour_sample_seconds: float = _NEIGHBOUR_SAMPLE_SECONDS,
+        inline_seconds: float = 1.0,
+        rate_regain_per_second: float = _FACTOR_REGAIN_PER_SECOND,
     ) -> None:
         self.store = ScriptStore(client)
+        #: A booking this close is waited for in place by the caller (not deferred):
+        #: it counts as started at once; a later one counts when it is redeemed.
+        self.inline_seconds = inline_seconds
+        self.rate_regain_per_second = rate_regain_per_second
+        self.neighbour_smoothing_seconds = neighbour_smoothing_seconds
+        self.neighbour_sample_seconds = neighbour_sample_seconds
         self.horizon_seconds = horizon_seconds
         self.max_cooldown_seconds = max_cooldown_seconds
         self.admission_log = admission_log
@@ -223,7 +250,7 @@ class Gate:
                 lim.keys.tokens,
                 lim.keys.requests,
                 lim.keys.log,
-                lim.keys.factor,
+                lim.keys.rate,
                 lim.keys.epoch,
                 lim.keys.booking(rid),
             ],
@@ -239,6 +266,8 @@ class Gate:
                 _LOG_MAX,
                 rid,
                 _BOOKING_GRACE_MS,
+                self.rate_regain_per_second,
+                int(self.inline_seconds * _US),
             ],
         )
         now = now_us / _US
@@ -272,8 +301,13 @@ class Gate:
         lim = self.limits(reservation.deployment)
         now_us, status = self.store.run(
             "redeem",
-            [lim.keys.booking(reservation.id), lim.keys.epoch],
-            [int(reservation.start_at * _US), int(inline_seconds * _US)],
+            [lim.keys.booking(reservation.id), lim.keys.epoch, lim.keys.rate],
+            [
+                int(reservation.start_at * _US),
+                int(inline_seconds * _US),
+                reservation.tokens,
+                reservation.requests,
+            ],
         )
         return _REDEMPTIONS[int(status)], now_us / _US
 
@@ -302,62 +336,72 @@ class Gate:
         )
         return bool(applied)
 
-    def cooldown(self, deployment: str, seconds: float) -> None:
+    def cooldown(
+        self, deployment: str, seconds: float, *, refused: Reservation | None = None
+    ) -> None:
         """After a provider 429: admit nothing anywhere before `seconds` from now.
 
         The buckets are left empty at the end of the cooldown, as the provider's are.
         Every booking made before it goes stale. `seconds` comes from the provider
-        (or a proxy): it is capped at `max_cooldown_seconds`.
+        (or a proxy): it is capped at `max_cooldown_seconds`. `refused` is the call
+        that got the 429: the provider did not count it, and neither does the
+        neighbour estimate.
         """
         lim = self.limits(deployment)
         seconds = min(max(0.0, seconds), self.max_cooldown_seconds)
         offset_us = seconds * _US
         log.warning("deployment %s: provider 429, cooling down %.2fs", deployment, seconds)
         self.store.run(
-            "push",
-            [
-                lim.keys.tokens,
-                lim.keys.requests,
-                lim.keys.cooldown,
-                lim.keys.factor,
-                lim.keys.epoch,
-            ],
+            "cooldown",
+            [lim.keys.tokens, lim.keys.requests, lim.keys.cooldown, lim.keys.rate, lim.keys.epoch],
             [
                 repr(offset_us + lim.token_tolerance_us),
                 repr(offset_us + lim.request_tolerance_us),
                 max(1, math.ceil(seconds * 1000)),
-                f"x{_FACTOR_DECREASE}",
+                _FACTOR_DECREASE,
                 _FACTOR_FLOOR,
+                self.rate_regain_per_second,
+                refused.tokens if refused else 0,
+                refused.requests if refused else 0,
             ],
         )
 
     def observe(self, deployment: str, headers: Mapping[str, str]) -> bool:
-        """After a successful call: match the provider's `x-ratelimit-remaining-*`
-        when it reports less left, and win back some of the rate a 429 took.
+        """After a successful call, read the provider's `x-ratelimit-*` headers.
 
-        Someone else sharing the key (another tenant, another tool) shows up here.
-        Returns True when a bucket moved.
+        When the provider reports less left than the gate believes, the bucket moves
+        to match; and what disappears faster than our own calls explain is learned
+        as a neighbour's rate, which the gate then leaves free (observe.lua). Without
+        the headers nothing changes. Returns True when a bucket moved.
         """
         lim = self.limits(deployment)
         lower = {k.lower(): v for k, v in headers.items()}
+        dep = lim.settings
         args: list[str] = []
-        for dim, interval, tolerance in (
-            ("tokens", lim.token_interval_us, lim.token_tolerance_us),
-            ("requests", lim.request_interval_us, lim.request_tolerance_us),
+        left: list[str] = []
+        limits: list[float] = []
+        for dim, interval, tolerance, per_minute in (
+            ("tokens", lim.token_interval_us, lim.token_tolerance_us, dep.tpm),
+            ("requests", lim.request_interval_us, lim.request_tolerance_us, dep.rpm),
         ):
             remaining = _number(lower.get(f"x-ratelimit-remaining-{dim}"))
             # The bucket holds `remaining` when its TAT is tolerance - remaining ahead.
             args.append("" if remaining is None else repr(tolerance - remaining * interval))
+            left.append("" if remaining is None else repr(remaining))
+            limits.append(_number(lower.get(f"x-ratelimit-limit-{dim}")) or per_minute)
         _, moved = self.store.run(
-            "push",
+            "observe",
+            [lim.keys.tokens, lim.keys.requests, lim.keys.rate],
             [
-                lim.keys.tokens,
-                lim.keys.requests,
-                lim.keys.cooldown,
-                lim.keys.factor,
-                lim.keys.epoch,
+                *args,
+                *left,
+                repr(dep.tpm / 60.0),
+                repr(dep.rpm / 60.0),
+                *(repr(x) for x in limits),
+                repr(self.neighbour_smoothing_seconds),
+                repr(self.neighbour_sample_seconds),
+                _FACTOR_FLOOR,
             ],
-            [*args, 0, f"+{_FACTOR_INCREASE}", _FACTOR_FLOOR],
         )
         if moved:
             log.info("deployment %s: provider reports less quota left; gate tightened", deployment)
@@ -365,9 +409,13 @@ class Gate:
 
     def snapshot(self, deployment: str) -> BudgetSnapshot:
         lim = self.limits(deployment)
-        now_us, tok_us, req_us, cool_us, factor_ppm = self.store.run(
-            "snapshot", [lim.keys.tokens, lim.keys.requests, lim.keys.cooldown, lim.keys.factor], []
+        now_us, tok_us, req_us, cool_us, aimd_ppm, ft_ppm, fr_ppm, nt, nr = self.store.run(
+            "snapshot",
+            [lim.keys.tokens, lim.keys.requests, lim.keys.cooldown, lim.keys.rate],
+            [self.rate_regain_per_second],
         )
+        token_factor = min(aimd_ppm, ft_ppm) / 1e6
+        request_factor = min(aimd_ppm, fr_ppm) / 1e6
         dep = lim.settings
 
         def available(tat: int, tolerance: float, interval: float, capacity: float) -> float:
@@ -387,7 +435,12 @@ class Gate:
             requests_capacity=dep.request_capacity,
             booked_ahead_seconds=max(0.0, ahead / _US),
             cooldown_seconds=max(0.0, (cool_us - now_us) / _US),
-            rate_factor=factor_ppm / 1e6,
+            rate_factor=token_factor,
+            request_rate_factor=request_factor,
+            neighbour_tpm=nt / 1000 * 60,
+            neighbour_rpm=nr / 1000 * 60,
+            effective_tpm=dep.tpm * token_factor,
+            effective_rpm=dep.rpm * request_factor,
         )
 
     def now(self) -> float:

@@ -17,8 +17,9 @@ class DeploymentKeys:
     requests: str
     #: When the current provider cooldown ends (Redis microseconds).
     cooldown: str
-    #: Rate factor (<= 1): lowered by provider 429s, raised back by successes.
-    factor: str
+    #: Rate state (hash): the AIMD cut after a 429, the learned neighbour rates and
+    #: the units this gate let start (see observe.lua).
+    rate: str
     #: Admission log (when enabled): "start_us tokens requests reservation_id".
     log: str
     #: Counter moved on by every cooldown: bookings made before it are stale.
@@ -41,7 +42,7 @@ def deployment_keys(prefix: str, deployment: str) -> DeploymentKeys:
         tokens=f"{tag}:tat:tokens",
         requests=f"{tag}:tat:requests",
         cooldown=f"{tag}:cooldown",
-        factor=f"{tag}:factor",
+        rate=f"{tag}:rate",
         log=f"{tag}:admissions",
         epoch=f"{tag}:epoch",
         settled_prefix=f"{tag}:settled:",

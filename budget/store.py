@@ -14,7 +14,7 @@ import redis
 
 from budget.errors import BudgetStoreError, BudgetUnavailable
 
-_SCRIPTS = ("reserve", "settle", "push", "snapshot", "redeem")
+_SCRIPTS = ("reserve", "settle", "cooldown", "observe", "snapshot", "redeem")
 #: Error replies that mean "not now" (a restart, a failover, a long script): they
 #: pass, so the gate fails closed and waits. Any other error is a fault to report.
 _PASSING = (

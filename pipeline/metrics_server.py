@@ -162,7 +162,13 @@ class QuotaflowCollector(Collector):  # type: ignore[misc]
             "requests_capacity": "The gate's burst capacity in requests.",
             "booked_ahead_seconds": "Seconds of quota already booked beyond the burst.",
             "cooldown_seconds": "Seconds left of a provider 429 cooldown.",
-            "rate_factor": "Share of the quota the gate allows now (lowered after 429s).",
+            "rate_factor": "Share of the token rate the gate allows now (after 429s, "
+            "and minus the neighbours' learned share).",
+            "request_rate_factor": "Share of the request rate the gate allows now.",
+            "neighbour_tpm": "Tokens per minute that other clients on the key are learned to use.",
+            "neighbour_rpm": "Requests per minute that other clients on the key are learned to use.",
+            "effective_tpm": "Tokens per minute the gate admits now.",
+            "effective_rpm": "Requests per minute the gate admits now.",
         }
         budget = {
             k: GaugeMetricFamily(f"quotaflow_budget_{k}", doc, labels=["deployment"])

@@ -43,8 +43,6 @@ log = logging.getLogger(__name__)
 
 #: Redis (budget or broker) unreachable: fail closed, hold the message and wait.
 _OUTAGE = (redis.ConnectionError, redis.TimeoutError, BudgetUnavailable, OperationalError)
-#: A booking this close is waited for in place rather than through the broker.
-INLINE_WAIT_SECONDS = 1.0
 
 
 class BudgetedTask(Task):  # type: ignore[misc]
@@ -136,7 +134,7 @@ class BudgetedTask(Task):  # type: ignore[misc]
             reservation = Reservation(**booking)
             # One round trip checks the booking against the gate and uses it up: a
             # copy of this message, or a booking made before a 429, gets no call.
-            answer, now = gate.redeem(reservation, inline_seconds=INLINE_WAIT_SECONDS)
+            answer, now = gate.redeem(reservation, inline_seconds=gate.inline_seconds)
             early = reservation.start_at - now
             if answer is Redemption.EARLY:
                 d.defer(early, reservation, f"booked in {early:.1f}s (came back early)")
@@ -178,7 +176,8 @@ class BudgetedTask(Task):  # type: ignore[misc]
         reservation = decision.reservation
         assert reservation is not None
         countdown = decision.countdown
-        if countdown > INLINE_WAIT_SECONDS:
+        # A booking this close is waited for in place rather than through the broker.
+        if countdown > d.rt.gate.inline_seconds:
             d.defer(countdown, reservation, f"booked on {decision.dimension} in {countdown:.1f}s")
         if countdown > 0:
             time.sleep(countdown)
@@ -194,7 +193,7 @@ class BudgetedTask(Task):  # type: ignore[misc]
         except TransientProviderError as exc:
             d.metric("provider_responses_total", status=str(exc.status or exc.code))
             if exc.status == 429:
-                rt.gate.cooldown(dep.name, exc.retry_after or 1.0)
+                rt.gate.cooldown(dep.name, exc.retry_after or 1.0, refused=reservation)
                 # A refused call was not counted by the provider. (A timeout or a 5xx
                 # may have been: those keep their charge.) The refund stops at the
                 # cooldown just set.

@@ -8,7 +8,10 @@
 -- KEYS[1]  TAT of the token bucket
 -- KEYS[2]  TAT of the request bucket
 -- KEYS[3]  admission log (list), written only when ARGV[8] == "1"
--- KEYS[4]  rate factor (0 < f <= 1; missing = 1), lowered by provider 429s
+-- KEYS[4]  rate state (hash, see observe.lua and cooldown.lua): the factor (<= 1)
+--          each dimension runs at is the smaller of the AIMD factor after a 429
+--          (cut, regained with time since cut_at) and the learned one (f_t, f_r);
+--          units started now are counted in ours_t, ours_r
 -- KEYS[5]  the deployment's epoch (moved on by every cooldown; missing = 0)
 -- KEYS[6]  booking marker of this reservation (written when booked; see redeem.lua)
 -- ARGV[1]  token cost
@@ -22,6 +25,9 @@
 -- ARGV[9]  longest admission log kept
 -- ARGV[10] reservation id (for the log)
 -- ARGV[11] how long a booking marker outlives its start, milliseconds
+-- ARGV[12] AIMD factor regained per second after a cut
+-- ARGV[13] a booking this close (microseconds) is waited for in place by the caller:
+--          it counts as started now (further ones count when redeemed)
 --
 -- A request is booked when the time booked ahead on every bucket is within the
 -- horizon; it then starts at most horizon + its own cost's interval from now.
@@ -43,7 +49,13 @@ local rid = ARGV[10]
 
 local t = redis.call("TIME")
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local factor = tonumber(redis.call("GET", KEYS[4]) or 1)
+local state = redis.call("HMGET", KEYS[4], "cut", "cut_at", "f_t", "f_r")
+local aimd = 1
+if state[1] then
+  aimd = tonumber(state[1]) + (now - tonumber(state[2])) / 1000000 * tonumber(ARGV[12])
+  if aimd > 1 then aimd = 1 end
+end
+local factors = {math.min(aimd, tonumber(state[3]) or 1), math.min(aimd, tonumber(state[4]) or 1)}
 
 local tats = {}
 local increments = {}
@@ -57,7 +69,7 @@ for d = 1, 2 do
   end
   -- A lowered factor spaces admissions further apart (never closer), capped at the
   -- burst so a request that fits at the full rate still fits.
-  local slowed = increment / factor
+  local slowed = increment / factors[d]
   if slowed > tolerances[d] then slowed = tolerances[d] end
   if slowed > increment then increment = slowed end
   increments[d] = increment
@@ -94,6 +106,10 @@ if log_on then
   redis.call("LTRIM", KEYS[3], -log_max, -1)
 end
 
+if start - now <= tonumber(ARGV[13]) then
+  redis.call("HINCRBY", KEYS[4], "ours_t", costs[1])
+  redis.call("HINCRBY", KEYS[4], "ours_r", costs[2])
+end
 if start > now then
   -- The booking is single-use and remembers the epoch, so that a copy of the
   -- message, a forged header or a booking made before a 429 cannot skip the gate.

@@ -195,18 +195,22 @@ def test_admission_log_conforms_for_a_sequence(redis_client: redis.Redis) -> Non
     assert worst_excess(points, capacity=1000, rate=1000) <= 1e-3
 
 
-def test_a_429_slows_the_rate_and_successes_win_it_back(redis_client: redis.Redis) -> None:
+def test_a_429_slows_the_rate_and_time_wins_it_back(redis_client: redis.Redis) -> None:
     gate = make_gate(redis_client, horizon=60)
     gate.cooldown("d1", 0.001)
-    assert gate.snapshot("d1").rate_factor == pytest.approx(0.85)
+    assert gate.snapshot("d1").rate_factor == pytest.approx(0.85, abs=0.01)
     first = gate.reserve("d1", tokens=500)
     second = gate.reserve("d1", tokens=500)
     assert first.reservation is not None and second.reservation is not None
-    # 500 tokens at 1000/s take 0.5 s; at 85% of the rate, 0.5 / 0.85 s.
+    # 500 tokens at 1000/s take 0.5 s; at ~85% of the rate, ~0.5 / 0.85 s.
     gap = second.reservation.start_at - first.reservation.start_at
-    assert gap == pytest.approx(0.5 / 0.85, abs=0.005)
+    assert gap == pytest.approx(0.5 / 0.85, abs=0.01)
+    # Successes do not speed it up; time does (G6).
     for _ in range(100):
         gate.observe("d1", {})
+    assert gate.snapshot("d1").rate_factor < 0.9
+    state = gate.limits("d1").keys.rate
+    redis_client.hset(state, "cut_at", int((gate.now() - 8) * 1e6))  # 8 s later
     assert gate.snapshot("d1").rate_factor == 1.0
 
 
@@ -217,7 +221,7 @@ def test_the_rate_factor_has_a_floor_and_never_makes_a_request_inadmissible(
     for _ in range(50):
         gate.cooldown("d1", 0.001)
         time.sleep(0.002)  # each its own overload: the cooldown before has ended
-    assert gate.snapshot("d1").rate_factor == pytest.approx(0.3)
+    assert gate.snapshot("d1").rate_factor == pytest.approx(0.3, abs=0.01)
     # A full burst still fits (it is spaced out, not refused for ever).
     time.sleep(0.01)
     assert gate.reserve("d1", tokens=1000).outcome in (Outcome.GRANTED, Outcome.BOOKED)
@@ -227,4 +231,4 @@ def test_the_429s_of_one_overload_slow_the_rate_once(redis_client: redis.Redis) 
     gate = make_gate(redis_client, horizon=60)
     for _ in range(5):  # five workers refused in the same moment
         gate.cooldown("d1", 1.0)
-    assert gate.snapshot("d1").rate_factor == pytest.approx(0.85)
+    assert gate.snapshot("d1").rate_factor == pytest.approx(0.85, abs=0.01)

@@ -29,11 +29,12 @@ DEP = DeploymentSettings(
     burst_seconds=10,
     context_window=4_096,
 )
+EMBED = DEP.model_copy(update={"name": "embed", "model": "text-embedding-3-small"})
 
 
 @pytest.fixture
 def jobs(redis_server: Any, redis_client: redis.Redis) -> Iterator[Jobs]:
-    settings = Settings(redis_url=redis_server.url, deployments=[DEP])
+    settings = Settings(redis_url=redis_server.url, deployments=[DEP, EMBED])
     configure(app, settings)
     yield Jobs(settings, current().jobs)
 
@@ -72,6 +73,7 @@ def test_a_mixed_file_runs_its_valid_lines(
                 line("ok-1", chat()),
                 "",
                 line("ok-2", {"model": "text-embedding-3-small", "input": "hi"}, "/v1/embeddings"),
+                line("no-model", {**chat(), "model": "gpt-nope"}),
             ]
         )
         + "\n"
@@ -87,7 +89,9 @@ def test_a_mixed_file_runs_its_valid_lines(
     assert "max_tokens" in errors[7]
     assert "context window" in errors[8]
     assert "repeats an earlier line" in errors[9]
-    assert set(errors) == {2, 3, 4, 5, 6, 7, 8, 9}
+    assert "no deployment serves model 'gpt-nope'" in errors[12]
+    assert "'text-embedding-3-small' (deployment 'embed')" in errors[12]
+    assert set(errors) == {2, 3, 4, 5, 6, 7, 8, 9, 12}
     status = jobs.status(report.job_id)
     assert status.total == 2 + len(report.rejected)
     assert status.counts["failed"] == len(report.rejected)

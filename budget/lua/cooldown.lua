@@ -1,0 +1,70 @@
+-- cooldown.lua: after a provider 429, admit nothing anywhere before the provider's
+-- retry-after, and slow the deployment down (the multiplicative half of AIMD).
+--
+-- KEYS[1]  TAT of the token bucket
+-- KEYS[2]  TAT of the request bucket
+-- KEYS[3]  cooldown marker (Redis microseconds at which the cooldown ends)
+-- KEYS[4]  rate state (hash, see observe.lua): fields cut, cut_at
+-- KEYS[5]  the deployment's epoch: moved on, so every booking made before this
+--          429 is stale (redeem.lua)
+-- ARGV[1]  lowest TAT for tokens, as an offset from now, microseconds
+-- ARGV[2]  lowest TAT for requests, as an offset from now, microseconds
+-- ARGV[3]  cooldown length, milliseconds
+-- ARGV[4]  rate cut: the factor is multiplied by this (e.g. 0.85)
+-- ARGV[5]  lowest factor
+-- ARGV[6]  factor regained per second after a cut
+-- ARGV[7]  tokens of the refused call, ARGV[8] its requests: the provider did not
+--          count them, so they leave the units this gate let start (ours_t, ours_r)
+--
+-- The 429s of one overload arrive together: the rate is cut once per cooldown, not
+-- once per refused call. Buckets only ever move later.
+--
+-- Returns now_us.
+
+if redis.replicate_commands then redis.replicate_commands() end
+
+local cut_by = tonumber(ARGV[4])
+local lowest = tonumber(ARGV[5])
+local regain = tonumber(ARGV[6])
+local cooldown_ms = tonumber(ARGV[3])
+
+local t = redis.call("TIME")
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local cooling = redis.call("EXISTS", KEYS[3]) == 1
+
+for d = 1, 2 do
+  local floor = now + math.ceil(tonumber(ARGV[d]))
+  local tat = tonumber(redis.call("GET", KEYS[d]) or now)
+  if floor > tat then
+    redis.call("SET", KEYS[d], string.format("%d", floor), "PX",
+               math.floor((floor - now) / 1000) + 1000)
+  end
+end
+
+local until_us = now + cooldown_ms * 1000
+local current = tonumber(redis.call("GET", KEYS[3]) or 0)
+if until_us > current then
+  redis.call("SET", KEYS[3], string.format("%d", until_us), "PX", math.max(1, cooldown_ms))
+end
+redis.call("INCR", KEYS[5])
+for d, field in ipairs({"ours_t", "ours_r"}) do
+  local refused = tonumber(ARGV[6 + d])
+  if refused > 0 then
+    redis.call("HINCRBY", KEYS[4], field, string.format("%d", -refused))
+  end
+end
+
+if not cooling then
+  local state = redis.call("HMGET", KEYS[4], "cut", "cut_at")
+  local factor = 1
+  if state[1] then
+    factor = tonumber(state[1]) + (now - tonumber(state[2])) / 1000000 * regain
+    if factor > 1 then factor = 1 end
+  end
+  factor = factor * cut_by
+  if factor < lowest then factor = lowest end
+  redis.call("HSET", KEYS[4], "cut", string.format("%.6f", factor), "cut_at",
+             string.format("%d", now))
+  redis.call("EXPIRE", KEYS[4], 3600)
+end
+return now
