@@ -166,7 +166,7 @@ class QuotaflowCollector(Collector):  # type: ignore[misc]
             "and minus the neighbours' learned share).",
             "request_rate_factor": "Share of the request rate the gate allows now.",
             "neighbour_tpm": "Tokens per minute that other clients on the key are learned to use.",
-            "neighbour_rpm": "Requests per minute that other clients on the key are learned to use.",
+            "neighbour_rpm": "Requests per minute other clients on the key are learned to use.",
             "effective_tpm": "Tokens per minute the gate admits now.",
             "effective_rpm": "Requests per minute the gate admits now.",
         }
