@@ -10,9 +10,11 @@
 --     where `ours` is what this gate let start in between (counted by reserve.lua
 --     and redeem.lua). That holds only while the provider's bucket cannot have
 --     been full in between (left_before + rate * dt < limit): a full bucket loses
---     refill that would read as a neighbour. Otherwise a sample with half the
---     bucket or more left shows spare capacity and counts as no neighbour, and any
---     other sample tells nothing and is skipped. Samples are smoothed with a time
+--     refill that would read as a neighbour. A bucket that is full, though, is
+--     wasting refill: the estimate is too high, and the sample counts as no
+--     neighbour (a probe upward; a neighbour that is really there drains the
+--     bucket again and is learned again). Any other sample tells nothing and is
+--     skipped. Samples are smoothed with a time
 --     constant; the effective factor for reserve.lua is
 --         1 - (neighbour + margin) / rate
 --     with a margin of two standard errors of the smoothed estimate, so it narrows
@@ -91,7 +93,7 @@ if dt and dt <= 10 * tau then
       local sample = nil
       if before + refill < limits[d] then
         sample = math.max(0, (before - left + refill - (ours[d] - seen)) / dt)
-      elseif left >= 0.5 * limits[d] then
+      elseif left >= 0.98 * limits[d] then
         sample = 0
       end
       if sample then
