@@ -25,7 +25,7 @@ NO_REDIS = (
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     url = settings.redis_url
-    vt = settings.visibility_timeout_seconds
+    vt = settings.visibility_timeout
     return {
         # No Redis configured: nothing may be published anywhere (see _refuse_publish).
         "broker_url": url or "memory://",
@@ -41,10 +41,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         # Deferred tasks are held in worker memory; bound them.
         "worker_eta_task_limit": settings.eta_task_limit,
-        # Above every countdown the settings allow (checked in Settings).
+        # Above every countdown the settings allow plus the longest run (see Settings).
         "broker_transport_options": {"visibility_timeout": vt},
         "result_backend_transport_options": {"visibility_timeout": vt},
-        "visibility_timeout": vt,
+        # A task can't outlive the visibility timeout and run twice (prefork enforces
+        # it; the threads and gevent pools cannot interrupt a running task).
+        "task_time_limit": settings.task_time_limit_seconds,
         "broker_connection_retry_on_startup": True,
         "task_default_queue": settings.queue,
         "task_queues": (Queue(settings.queue), Queue(settings.retry_queue)),

@@ -82,7 +82,6 @@ def test_chaos_soak(simulator, tmp_path: Path) -> None:  # type: ignore[no-untyp
         cluster_settings(
             redis_server.url,
             sim,
-            visibility_timeout_seconds=20,
             budget_outage_wait_seconds=20,
             max_retries=12,
             deployment={"timeout_seconds": 1.0},
