@@ -12,6 +12,7 @@ from celery import Celery, signals
 from kombu import Queue
 
 import tasks  # noqa: F401  - registers the shared tasks with every app
+from pipeline import recovery  # noqa: F401  - keeps requests recoverable; sweeps in workers
 from pipeline.compat import guard_restore_unacked
 from settings import Settings, SettingsError, load_settings
 from tasks import runtime
