@@ -43,7 +43,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Deferred tasks are held in worker memory; bound them.
         "worker_eta_task_limit": settings.eta_task_limit,
         # Above every countdown the settings allow plus the longest run (see Settings).
-        "broker_transport_options": {"visibility_timeout": vt},
+        # kombu looks for messages past the timeout every interval x throttle seconds
+        # (100 s by default): every 10 s, so they return soon after it.
+        "broker_transport_options": {
+            "visibility_timeout": vt,
+            "unacked_restore_interval": 10,
+            "unacked_restore_throttle": 1,
+        },
         "result_backend_transport_options": {"visibility_timeout": vt},
         # A task can't outlive the visibility timeout and run twice (prefork enforces
         # it; the threads and gevent pools cannot interrupt a running task).
