@@ -34,7 +34,7 @@ bench: install
 	$(PY) -m bench.strategies
 
 chaos: install
-	$(PY) -m pytest -m slow tests/reliability tests/pipeline/test_jobs.py $(PYTEST_ARGS)
+	$(PY) -m pytest -s -m slow tests/reliability tests/pipeline/test_jobs.py $(PYTEST_ARGS)
 
 worker: install
 	$(BIN)/celery -A pipeline worker -Q quotaflow,quotaflow.retry -c 8 -l info

@@ -21,9 +21,10 @@ def _free_port() -> int:
 
 
 class RedisProcess:
-    """redis-server on a free port, no persistence, removed on `stop`."""
+    """redis-server on a free port, removed on `stop`; AOF on request."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, appendonly: bool = False) -> None:
+        self.appendonly = appendonly
         self.port = _free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="qf-bench-redis-"))
         self.proc: subprocess.Popen[bytes] | None = None
@@ -38,7 +39,7 @@ class RedisProcess:
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--save", "",
-            "--appendonly", "no",
+            "--appendonly", "yes" if self.appendonly else "no",
             "--maxmemory-policy", "noeviction",
             "--dir", str(self.dir),
         ]  # fmt: skip
@@ -59,6 +60,15 @@ class RedisProcess:
                     time.sleep(0.05)
         finally:
             client.close()
+
+    def restart(self, *, down_seconds: float = 0.0) -> None:
+        """Stop the server (SIGTERM: it writes its AOF) and start it again, same port."""
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+            self.proc = None
+        time.sleep(down_seconds)
+        self.start()
 
     def stop(self) -> None:
         if self.proc is not None:

@@ -13,7 +13,10 @@ from celery import Celery, signals
 from kombu import Queue
 
 import tasks  # noqa: F401  - registers the shared tasks with every app
-from pipeline import installed
+from pipeline import (
+    installed,
+    recovery,  # noqa: F401  - keeps requests recoverable; sweeps in workers
+)
 from pipeline.compat import guard_restore_unacked
 from pipeline.preflight import check_eviction_policy
 from pipeline.publish import NO_REDIS, QuotaflowAMQP, hide_arguments_from_inspect
@@ -25,7 +28,7 @@ log = logging.getLogger(__name__)
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     url = settings.redis_url
-    vt = settings.visibility_timeout_seconds
+    vt = settings.visibility_timeout
     return {
         # No Redis configured: nothing may be published anywhere (see publish.QuotaflowAMQP).
         "broker_url": url or "memory://",
@@ -41,10 +44,18 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         # Deferred tasks are held in worker memory; bound them.
         "worker_eta_task_limit": settings.eta_task_limit,
-        # Above every countdown the settings allow (checked in Settings).
-        "broker_transport_options": {"visibility_timeout": vt},
+        # Above every countdown the settings allow plus the longest run (see Settings).
+        # kombu looks for messages past the timeout every interval x throttle seconds
+        # (100 s by default): every 10 s, so they return soon after it.
+        "broker_transport_options": {
+            "visibility_timeout": vt,
+            "unacked_restore_interval": 10,
+            "unacked_restore_throttle": 1,
+        },
         "result_backend_transport_options": {"visibility_timeout": vt},
-        "visibility_timeout": vt,
+        # A task can't outlive the visibility timeout and run twice (prefork enforces
+        # it; the threads and gevent pools cannot interrupt a running task).
+        "task_time_limit": settings.task_time_limit_seconds,
         "broker_connection_retry_on_startup": True,
         "task_default_queue": settings.queue,
         "task_queues": (Queue(settings.queue), Queue(settings.retry_queue)),

@@ -14,9 +14,8 @@ from budget import InvalidRequest, NeverAdmissible
 from budget.estimate import estimate_request
 from budget.gate import check_admissible
 from pipeline.batchfile import URLS, BatchLine, LineError, output_error_line, read_batch
-from pipeline.broker import UNACKED_KEY, message_id, queue_lists
+from pipeline.recovery import Recovery, pending_request, send
 from settings import Settings, SettingsError
-from tasks import TASK_FOR_URL
 from tasks.jobs import JobStatus, JobStore
 from tasks.metrics import check_tenant
 from tasks.request import route
@@ -36,6 +35,8 @@ class SubmitReport:
     rejected: list[LineError] = field(default_factory=list)
     #: Lines whose custom_id the job already had (a resubmission): not sent again.
     skipped: int = 0
+    #: Of the submitted: requests an interrupted submit of this job never published.
+    resumed: int = 0
     #: Tokens the submitted requests are estimated to cost.
     tokens_estimated: int = 0
 
@@ -76,7 +77,8 @@ class Jobs:
         """Queue every valid line; record every invalid one on the job as failed.
 
         Publishing is chunked; a resubmission of the same job skips custom_ids the job
-        already has, so an interrupted submit can simply be run again.
+        already has, so an interrupted submit can simply be run again: what it left
+        unpublished (marked unsent, and in no queue) is published then, once.
         """
         if deployment is not None:
             self.settings.deployment(deployment)  # unknown: fail before anything is queued
@@ -84,6 +86,7 @@ class Jobs:
         report = SubmitReport(job_id=job_id or new_job_id())
         self.store.create(report.job_id, meta={**(meta or {}), "tenant": tenant or ""})
         chunk: list[tuple[BatchLine, int]] = []
+        unsent: list[str] = []
         for item in lines:
             if isinstance(item, LineError):
                 self._reject(report, item)
@@ -94,10 +97,15 @@ class Jobs:
                 continue
             chunk.append((item, cost))
             if len(chunk) >= _PUBLISH_CHUNK:
-                self._publish(report, chunk, deployment, tenant)
+                unsent += self._publish(report, chunk, deployment, tenant)
                 chunk = []
         if chunk:
-            self._publish(report, chunk, deployment, tenant)
+            unsent += self._publish(report, chunk, deployment, tenant)
+        if unsent:
+            recovery = Recovery(self.settings, self.store)
+            report.resumed = recovery.resend_unsent(report.job_id, unsent)
+            report.submitted += report.resumed
+            report.skipped += len(unsent) - report.resumed
         return report
 
     def _publish(
@@ -106,22 +114,31 @@ class Jobs:
         chunk: list[tuple[BatchLine, int]],
         deployment: str | None,
         tenant: str | None,
-    ) -> None:
-        known = self.store.known(report.job_id, [line.custom_id for line, _ in chunk])
+    ) -> list[str]:
+        """Publish the chunk's new requests; returns the known ones an interrupted
+        submit of this job had marked unsent (the caller checks them in the broker)."""
+        job_id = report.job_id
+        known = self.store.known(job_id, [line.custom_id for line, _ in chunk])
         fresh = [(line, cost) for (line, cost), k in zip(chunk, known, strict=True) if not k]
-        report.skipped += len(chunk) - len(fresh)
-        # Count them in before publishing: a fast worker must find its request known.
-        self.store.add_queued(
-            report.job_id, [line.custom_id for line, _ in fresh], estimated=sum(c for _, c in fresh)
-        )
+        old = [line.custom_id for (line, _), k in zip(chunk, known, strict=True) if k]
+        unsent = [cid for cid, u in zip(old, self.store.unsent(job_id, old), strict=True) if u]
+        report.skipped += len(old) - len(unsent)
         pending = {
-            line.custom_id: _pending(line.url, line.body, deployment, tenant) for line, _ in fresh
+            line.custom_id: pending_request(
+                line.url, line.body, deployment, tenant, uuid.uuid4().hex
+            )
+            for line, _ in fresh
         }
-        self.store.store_pending(report.job_id, pending)
+        # Kept and marked unsent, then counted in, all before publishing: a fast
+        # worker finds its request known, and a kill mid-chunk leaves the mark.
+        self.store.begin_publish(job_id, pending)
+        self.store.add_queued(job_id, list(pending), estimated=sum(c for _, c in fresh))
         for line, cost in fresh:
-            _send(report.job_id, line.custom_id, pending[line.custom_id])
+            send(job_id, line.custom_id, pending[line.custom_id])
             report.submitted += 1
             report.tokens_estimated += cost
+        self.store.end_publish(job_id, pending)
+        return unsent
 
     def _reject(self, report: SubmitReport, error: LineError) -> None:
         report.rejected.append(error)
@@ -194,9 +211,11 @@ class Jobs:
             if entry.get("replayable") is False or not isinstance(body, dict) or url is None:
                 skipped += 1
                 continue
-            pending = _pending(url, body, entry.get("deployment"), entry.get("tenant"))
+            pending = pending_request(
+                url, body, entry.get("deployment"), entry.get("tenant"), uuid.uuid4().hex
+            )
             self.store.store_pending(job_id, {cid: pending})
-            _send(job_id, cid, pending)
+            send(job_id, cid, pending)
             self.store.claim_dead(job_id, cid, raw)
             replayed += 1
         return replayed, skipped
@@ -204,70 +223,13 @@ class Jobs:
     def recover(self, job_id: str, *, older_than: float | None = None) -> int:
         """Send again the unfinished requests whose message was lost.
 
-        A Redis broker can lose a message that was being delivered when the server
-        went away. Such a request is unfinished, silent for `older_than` seconds
-        (settings.recover_after_seconds), and its task id is in no queue and held by
-        no worker, twice in a row. Returns how many were sent again. Results are
-        stored once per custom_id, so even a false alarm never duplicates a result.
+        Workers do this for every job on their own (pipeline.recovery); this runs it
+        now for one job. A request is lost when it is unfinished, silent for
+        `older_than` seconds (settings.recover_after_seconds), and its task id is in
+        no queue and held by no worker, twice in a row. Returns how many were sent
+        again. Results are stored once per custom_id, so even a false alarm never
+        duplicates a result.
         """
         self.status(job_id)
         limit = self.settings.recover_after_seconds if older_than is None else older_than
-        candidates = self.store.stale(job_id, older_than=limit, include_queued=True)
-        if not candidates:
-            return 0
-        # A message moves from a queue list to the unacked hash in two steps; look
-        # twice so one caught in between is not taken for lost.
-        missing = {cid for cid, p in candidates.items() if p["task_id"] not in self._in_broker()}
-        if missing:
-            time.sleep(1.0)
-            present = self._in_broker()
-            missing = {cid for cid in missing if candidates[cid]["task_id"] not in present}
-        still = self.store.stale(job_id, older_than=limit, include_queued=True)
-        lost = {cid: still[cid] for cid in missing if cid in still}
-        if lost:
-            fresh = {cid: {**p, "task_id": uuid.uuid4().hex} for cid, p in lost.items()}
-            self.store.store_pending(job_id, fresh)
-            for cid, p in fresh.items():
-                _send(job_id, cid, p)
-        return len(lost)
-
-    def _in_broker(self) -> set[str]:
-        """Task ids of every message waiting in a queue or held (unacked) by a worker."""
-        client = self.store.client
-        names = [*queue_lists(self.settings.queue), *queue_lists(self.settings.retry_queue)]
-        pipe = client.pipeline(transaction=True)
-        for name in names:
-            pipe.lrange(name, 0, -1)
-        pipe.hvals(UNACKED_KEY)
-        *lists, unacked = pipe.execute()
-        ids = set()
-        for raw in (m for lst in lists for m in lst):
-            ids.add(message_id(json.loads(raw)))
-        for raw in unacked:
-            ids.add(message_id(json.loads(raw)[0]))
-        return ids
-
-
-def _pending(
-    url: str, body: dict[str, Any], deployment: str | None, tenant: str | None
-) -> dict[str, Any]:
-    return {
-        "url": url,
-        "body": body,
-        "deployment": deployment,
-        "tenant": tenant,
-        "task_id": uuid.uuid4().hex,
-    }
-
-
-def _send(job_id: str, custom_id: str, pending: dict[str, Any]) -> None:
-    TASK_FOR_URL[pending["url"]].apply_async(
-        task_id=pending["task_id"],
-        args=(pending["body"],),
-        kwargs={
-            "custom_id": custom_id,
-            "job_id": job_id,
-            "deployment": pending.get("deployment"),
-            "tenant": pending.get("tenant"),
-        },
-    )
+        return Recovery(self.settings, self.store).recover_job(job_id, older_than=limit)

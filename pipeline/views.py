@@ -24,9 +24,6 @@ from tasks.runtime import Runtime
 
 console = Console(highlight=False)
 
-#: How often a followed job is checked for messages the broker lost.
-RECOVER_EVERY_SECONDS = 15.0
-
 
 # -- numbers ----------------------------------------------------------------------------
 
@@ -107,17 +104,13 @@ def follow(
     from rich.live import Live
 
     status = jobs.status(job_id)
-    # A message lost by the broker (a Redis crash mid-delivery) is sent again.
-    next_recover = time.monotonic() + RECOVER_EVERY_SECONDS
+    # Messages the broker lost are sent again by the workers (pipeline.recovery).
     try:
         with Live(render(status), console=console, refresh_per_second=4) as live:
             while not status.finished:
                 time.sleep(interval)
                 if local is not None and local.workers:
                     local.check()
-                if time.monotonic() >= next_recover:
-                    jobs.recover(job_id)
-                    next_recover = time.monotonic() + RECOVER_EVERY_SECONDS
                 status = jobs.status(job_id)
                 live.update(render(status))
     finally:

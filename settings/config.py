@@ -28,6 +28,8 @@ from pydantic_settings import (
 
 ProviderKind = Literal["openai", "azure", "compatible"]
 AccountingMode = Literal["estimate", "actual"]
+#: Time a task run may take beyond the outage wait and the provider timeout.
+RUN_MARGIN_SECONDS = 10.0
 
 
 class SettingsError(ValueError):
@@ -185,7 +187,9 @@ class Settings(BaseSettings):
     #: no queue and held by no worker) and sent again if so.
     recover_after_seconds: PositiveFloat = 60.0
     #: Redis visibility timeout: an unacked message is redelivered after this long.
-    visibility_timeout_seconds: PositiveInt = 3600
+    #: Unset: derived from the other settings (see `visibility_timeout`), so a killed
+    #: worker's running and deferred requests come back as soon as is safe.
+    visibility_timeout_seconds: PositiveInt | None = None
     #: Most ETA (deferred) tasks one worker holds in memory.
     eta_task_limit: PositiveInt = 2000
     #: Record every admission in Redis (for audits and the conformance tests).
@@ -222,13 +226,45 @@ class Settings(BaseSettings):
         if self.queue == self.retry_queue:
             raise ValueError("queue and retry_queue must differ")
         longest = self.longest_countdown_seconds
-        if longest * 2 > self.visibility_timeout_seconds:
+        vt = self.visibility_timeout_seconds
+        if vt is not None and longest * 2 > vt:
             raise ValueError(
-                f"visibility_timeout_seconds ({self.visibility_timeout_seconds}) must be at "
-                f"least twice the longest countdown ({longest:g}s), or deferred tasks are "
-                "redelivered and run twice"
+                f"visibility_timeout_seconds ({vt}) must be at least twice the longest "
+                f"countdown ({longest:g}s), or deferred tasks are redelivered and run twice"
+            )
+        limit = self.task_time_limit_seconds
+        if vt is not None and limit >= vt:
+            raise ValueError(
+                f"visibility_timeout_seconds ({vt}) must exceed the longest a task may run "
+                f"({limit:g}s: budget_outage_wait_seconds + the largest deployment "
+                f"timeout_seconds + {RUN_MARGIN_SECONDS:g}s), or running tasks are "
+                "redelivered and run twice; leave it unset to derive it"
             )
         return self
+
+    @property
+    def task_time_limit_seconds(self) -> float:
+        """The longest one delivery of a task may run (Celery's `task_time_limit`).
+
+        A task holds its message while Redis is unreachable (up to the outage wait),
+        then calls the provider (up to the deployment's timeout); the margin covers an
+        in-place wait for a near booking and the Redis round trips.
+        """
+        timeout = max(d.timeout_seconds for d in self.deployments)
+        return self.budget_outage_wait_seconds + timeout + RUN_MARGIN_SECONDS
+
+    @property
+    def visibility_timeout(self) -> int:
+        """The Redis visibility timeout in force: the explicit setting, else derived.
+
+        Derived as twice the longer of the longest countdown and the task time limit:
+        a delivered message is then acknowledged before it is redelivered even when it
+        is held for the longest countdown and then runs for the longest time. With the
+        defaults this is 740 s: a killed worker's messages return within ~12 minutes.
+        """
+        if self.visibility_timeout_seconds is not None:
+            return self.visibility_timeout_seconds
+        return math.ceil(2 * max(self.longest_countdown_seconds, self.task_time_limit_seconds))
 
     @property
     def longest_countdown_seconds(self) -> float:

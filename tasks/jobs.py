@@ -40,6 +40,7 @@ class JobKeys:
     attempts: str
     pending: str
     touched: str
+    unsent: str
 
 
 def job_keys(prefix: str, job_id: str) -> JobKeys:
@@ -54,6 +55,7 @@ def job_keys(prefix: str, job_id: str) -> JobKeys:
         attempts=f"{tag}:attempts",
         pending=f"{tag}:pending",
         touched=f"{tag}:touched",
+        unsent=f"{tag}:unsent",
     )
 
 
@@ -96,6 +98,7 @@ class JobStore:
         self._record = _script(client, "record")
         self._dead = _script(client, "dead")
         self._claim = _script(client, "claim")
+        self._queue = _script(client, "queue")
 
     def keys(self, job_id: str) -> JobKeys:
         return job_keys(self.prefix, job_id)
@@ -132,6 +135,52 @@ class JobStore:
         pipe.execute()
         return added
 
+    def record_published(self, job_id: str, custom_id: str, request: dict[str, Any]) -> None:
+        """Count one request in and keep it for recovery, as its message is published.
+
+        One pipelined round trip: the script (the job's keys) and the job index.
+        """
+        k = self.keys(job_id)
+        now = repr(time.time())
+        pipe = self.client.pipeline(transaction=False)
+        self._queue(
+            keys=[k.meta, k.states, k.counts, k.pending, k.touched],
+            args=[custom_id, json.dumps(request, separators=(",", ":")), now],
+            client=pipe,
+        )
+        pipe.zadd(self.index_key, {job_id: float(now)}, nx=True)
+        pipe.execute()
+
+    def begin_publish(self, job_id: str, requests: dict[str, dict[str, Any]]) -> None:
+        """Keep requests about to be published, marked unsent until `end_publish`.
+
+        A submit killed in between leaves the mark: its re-run checks those requests
+        against the broker and sends the ones that never reached it.
+        """
+        if not requests:
+            return
+        k = self.keys(job_id)
+        now = repr(time.time())
+        pipe = self.client.pipeline(transaction=True)
+        pipe.sadd(k.unsent, *requests)
+        pipe.hset(
+            k.pending,
+            mapping={cid: json.dumps(r, separators=(",", ":")) for cid, r in requests.items()},
+        )
+        pipe.hset(k.touched, mapping=dict.fromkeys(requests, now))
+        pipe.execute()
+
+    def end_publish(self, job_id: str, custom_ids: Iterable[str]) -> None:
+        ids = list(custom_ids)
+        if ids:
+            self.client.srem(self.keys(job_id).unsent, *ids)
+
+    def unsent(self, job_id: str, custom_ids: list[str]) -> list[bool]:
+        """For each id: was it marked by a publish that did not finish?"""
+        if not custom_ids:
+            return []
+        return [bool(x) for x in self.client.smismember(self.keys(job_id).unsent, custom_ids)]
+
     def known(self, job_id: str, custom_ids: list[str]) -> list[bool]:
         if not custom_ids:
             return []
@@ -165,33 +214,59 @@ class JobStore:
         pipe.execute()
 
     def stale(
-        self, job_id: str, *, older_than: float, include_queued: bool
-    ) -> dict[str, dict[str, Any]]:
-        """Unfinished requests untouched for `older_than` seconds: their message is gone.
+        self, job_id: str, *, older_than: float, limit: int | None = None
+    ) -> dict[str, tuple[str, str]]:
+        """Unfinished requests untouched for `older_than` seconds, oldest first.
 
-        A request still "queued" may simply be waiting its turn in the broker's list,
-        however long the backlog; the caller includes those only when the queues
-        are empty.
+        Returns custom_id -> (state, touched) (see `snapshot`), at most `limit` of
+        them. Their message may be lost, or simply waiting (in a queue's backlog, or
+        held by a worker until its countdown ends): the caller looks in the broker.
+        Reads the job's touched hash (unfinished requests only; no request bodies).
         """
         k = self.keys(job_id)
-        limit = time.time() - older_than
-        cids = [
-            cid.decode()
+        cutoff = time.time() - older_than
+        old = sorted(
+            (float(at), _text(cid))
             for cid, at in self.client.hscan_iter(k.touched, count=1000)
-            if float(at) < limit
-        ]
-        if not cids:
+            if float(at) < cutoff
+        )
+        cids = [cid for _, cid in old[:limit]]
+        return {
+            cid: snap
+            for cid, snap in self.snapshot(job_id, cids).items()
+            if snap[0] not in ("", "done", "failed")
+        }
+
+    def snapshot(self, job_id: str, custom_ids: list[str]) -> dict[str, tuple[str, str]]:
+        """custom_id -> (state, last touched): equal snapshots mean nothing moved."""
+        if not custom_ids:
             return {}
-        raw = self.client.hmget(k.pending, cids)
-        states = self.client.hmget(k.states, cids)
-        out = {}
-        for cid, r, state in zip(cids, raw, states, strict=True):
-            if r is None or state in (b"done", b"failed"):
-                continue
-            if state == b"queued" and not include_queued:
-                continue
-            out[cid] = json.loads(r)
-        return out
+        k = self.keys(job_id)
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hmget(k.states, custom_ids)
+        pipe.hmget(k.touched, custom_ids)
+        states, touched = pipe.execute()
+        return {
+            cid: (_text(s or b""), _text(t or b""))
+            for cid, s, t in zip(custom_ids, states, touched, strict=True)
+        }
+
+    def pending(self, job_id: str, custom_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The kept requests (those not finished) of `custom_ids`."""
+        if not custom_ids:
+            return {}
+        raw = self.client.hmget(self.keys(job_id).pending, custom_ids)
+        return {cid: json.loads(r) for cid, r in zip(custom_ids, raw, strict=True) if r}
+
+    def open_jobs(self) -> list[str]:
+        """Jobs with unfinished requests: one pipelined HLEN per job in the index."""
+        ids = self.job_ids()
+        if not ids:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hlen(self.keys(job_id).touched)
+        return [j for j, n in zip(ids, pipe.execute(), strict=True) if n]
 
     def touch(self, job_id: str, custom_ids: Iterable[str]) -> None:
         ids = list(custom_ids)

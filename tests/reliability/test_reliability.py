@@ -39,8 +39,9 @@ def check_conforms(c: Cluster) -> None:
 
 def test_a_killed_worker_main_process_comes_back(simulator, redis_server, redis_client) -> None:  # type: ignore[no-untyped-def]
     sim = simulator(**SIM)
-    # A short visibility timeout so the killed worker's messages return within the test.
-    c = make_cluster(redis_server.url, sim, visibility_timeout_seconds=20)
+    # The short countdowns of the test settings make the derived visibility timeout
+    # short, so the killed worker's messages return within the test.
+    c = make_cluster(redis_server.url, sim)
     try:
         (first,) = c.start_workers(1)
         report = c.jobs.submit_bodies(bodies(120, seed=7))
@@ -63,9 +64,7 @@ def test_a_killed_worker_main_process_comes_back(simulator, redis_server, redis_
 @pytest.mark.parametrize("outage", ["restart", "unreachable"])
 def test_redis_restart_and_outage_lose_nothing(simulator, aof_redis, outage) -> None:  # type: ignore[no-untyped-def]
     sim = simulator(**SIM)
-    c = make_cluster(
-        aof_redis.url, sim, visibility_timeout_seconds=20, budget_outage_wait_seconds=20
-    )
+    c = make_cluster(aof_redis.url, sim, budget_outage_wait_seconds=20)
     try:
         c.start_workers(2)
         report = c.jobs.submit_bodies(bodies(150, seed=8))

@@ -1,0 +1,303 @@
+"""Requests whose message the broker lost are sent again, by the workers themselves.
+
+A Redis broker can lose a message: one popped by a worker as Redis went away, a
+publish cut short. quotaflow keeps every request (its body and task id, in the job's
+`pending` hash) from the moment it is published until it finishes:
+
+- `quotaflow submit` writes them in chunks before publishing (pipeline.jobs);
+- any other publish of a quotaflow task (`complete.delay(...)`) is recorded by a
+  `before_task_publish` hook, on the publisher's side, before any worker can see
+  the message: one pipelined round trip per publish.
+
+Every worker (`celery -A pipeline worker`) runs a sweep thread. Every
+`recover_after_seconds / 2` one worker of the cluster (whoever sets the `due` key
+first) sweeps, holding a Redis lock (SET NX PX, extended as it goes) so that no two
+recoveries ever run at once. A request is lost when it is unfinished, untouched for
+`recover_after_seconds`, its task id is in no queue and held by no worker (looked
+for twice, a second apart: a message moves from a queue to the unacked hash in two
+steps), and it has not moved in the meantime. It is sent again under its own task
+id, so an `AsyncResult` the caller holds still resolves.
+
+Cost of one sweep: one HLEN per job in the index; for jobs with unfinished requests,
+one HSCAN of their `touched` hash (custom ids and timestamps, no bodies); when some
+are stale, the kept requests of at most SWEEP_MAX_CANDIDATES of them and two reads
+of the broker's queues and unacked hash. The queues are read only while at most
+SWEEP_MAX_WAITING messages wait in them: while a longer backlog waits, a lost
+message is sent again once the backlog is down to that size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import random
+import socket
+import threading
+import time
+from typing import Any
+
+import redis
+from celery import signals
+from redis.lock import Lock
+
+from pipeline.broker import UNACKED_KEY, message_id, queue_lists
+from settings import Settings
+from tasks import TASK_FOR_URL, runtime
+from tasks.errors import NotConfigured
+from tasks.jobs import ADHOC_JOB, JobStore
+
+log = logging.getLogger(__name__)
+
+#: Message header: the publisher already kept this request (the hook skips it).
+H_RECORDED = "quotaflow_recorded"
+#: Most messages waiting in the queues that a sweep reads to find lost ones.
+SWEEP_MAX_WAITING = 5_000
+#: Most stale requests one sweep checks (oldest first).
+SWEEP_MAX_CANDIDATES = 1_000
+#: The lock's expiry: a recovery that dies holding it frees it after this long.
+LOCK_SECONDS = 60.0
+#: Gap between the two looks into the broker.
+LOOK_GAP_SECONDS = 1.0
+
+URL_FOR_TASK = {task.name: url for url, task in TASK_FOR_URL.items()}
+
+
+def pending_request(
+    url: str,
+    body: Any,
+    deployment: str | None,
+    tenant: str | None,
+    task_id: str,
+) -> dict[str, Any]:
+    """What is kept of a request until it finishes: enough to publish it again."""
+    return {"url": url, "body": body, "deployment": deployment, "tenant": tenant,
+            "task_id": task_id}  # fmt: skip
+
+
+def send(job_id: str, custom_id: str, pending: dict[str, Any]) -> None:
+    """Publish a kept request (its record is already written)."""
+    TASK_FOR_URL[pending["url"]].apply_async(
+        task_id=pending["task_id"],
+        args=(pending["body"],),
+        kwargs={
+            "custom_id": custom_id,
+            "job_id": job_id,
+            "deployment": pending.get("deployment"),
+            "tenant": pending.get("tenant"),
+        },
+        headers={H_RECORDED: True},
+    )
+
+
+@signals.before_task_publish.connect
+def _record_publish(
+    sender: str | None = None,
+    body: Any = None,
+    headers: dict[str, Any] | None = None,
+    **_: Any,
+) -> None:
+    """Keep a request published outside `submit` (e.g. `complete.delay`) for recovery."""
+    url = URL_FOR_TASK.get(sender or "")
+    headers = headers or {}
+    if url is None or headers.get(H_RECORDED) or headers.get("retries"):
+        return  # not ours, kept already, or a retry/deferral of a kept request
+    try:
+        rt = runtime.current()
+    except NotConfigured:
+        return
+    try:
+        args, kwargs = body[0], body[1]
+        task_id = str(headers["id"])
+        req = args[0] if args else kwargs.get("body")
+        cid = kwargs.get("custom_id") or task_id
+        job = kwargs.get("job_id") or ADHOC_JOB
+        pending = pending_request(url, req, kwargs.get("deployment"), kwargs.get("tenant"),
+                                  task_id)  # fmt: skip
+        rt.jobs.record_published(job, cid, pending)
+    except (TypeError, KeyError, IndexError, AttributeError) as exc:
+        log.warning("not kept for recovery: unexpected %s message (%s)", sender, exc)
+    except redis.RedisError as exc:
+        log.warning("not kept for recovery (Redis: %s): %s %s", exc, sender, headers.get("id"))
+
+
+#: (job id, custom id) -> (state, touched), as read before looking in the broker.
+Candidates = dict[tuple[str, str], tuple[str, str]]
+
+
+class Recovery:
+    """Finds requests whose message is lost and sends them again, one holder at a time."""
+
+    def __init__(self, settings: Settings, store: JobStore) -> None:
+        self.settings = settings
+        self.store = store
+        self.client = store.client
+        self.due_key = f"{store.prefix}:recover:due"
+        self.lock_key = f"{store.prefix}:recover:lock"
+
+    @property
+    def interval(self) -> float:
+        """Seconds between sweeps of the cluster."""
+        return max(1.0, self.settings.recover_after_seconds / 2)
+
+    def lock(self, *, wait: float | None) -> Lock:
+        return Lock(self.client, self.lock_key, timeout=LOCK_SECONDS, blocking_timeout=wait)
+
+    def sweep_if_due(self) -> int:
+        """Sweep when no worker of the cluster has in this interval; returns requests resent."""
+        due = self.client.set(
+            self.due_key, socket.gethostname(), nx=True, px=int(self.interval * 1000)
+        )
+        if not due:
+            return 0
+        lock = self.lock(wait=0)
+        if not lock.acquire(blocking=False):
+            return 0
+        try:
+            return self.sweep(lock)
+        finally:
+            _release(lock)
+
+    def sweep(self, lock: Lock) -> int:
+        """Every job's lost requests, sent again; the caller holds `lock`."""
+        if self._waiting() > SWEEP_MAX_WAITING:
+            return 0
+        limit = self.settings.recover_after_seconds
+        candidates: Candidates = {}
+        for job_id in self.store.open_jobs():
+            room = SWEEP_MAX_CANDIDATES - len(candidates)
+            if room <= 0:
+                break
+            stale = self.store.stale(job_id, older_than=limit, limit=room)
+            candidates.update({(job_id, cid): snap for cid, snap in stale.items()})
+        resent = self._resend_lost(candidates, lock) if candidates else 0
+        if resent:
+            log.warning("recovery: %d request(s) whose message was lost sent again", resent)
+        return resent
+
+    def recover_job(self, job_id: str, *, older_than: float) -> int:
+        """One job's lost requests, sent again (waits for the lock)."""
+        with self.lock(wait=LOCK_SECONDS) as lock:
+            stale = self.store.stale(job_id, older_than=older_than)
+            candidates = {(job_id, c): s for c, s in stale.items()}
+            return self._resend_lost(candidates, lock, max_waiting=None)
+
+    def resend_unsent(self, job_id: str, custom_ids: list[str]) -> int:
+        """Of requests a killed submit had marked, send those that never reached the broker.
+
+        One that reached it has left "queued", finished, or has its message in the
+        broker; the others are sent under their kept task id. Returns how many.
+        """
+        with self.lock(wait=LOCK_SECONDS) as lock:
+            snaps = self.store.snapshot(job_id, custom_ids)
+            candidates = {(job_id, c): s for c, s in snaps.items() if s[0] == "queued"}
+            resent = self._resend_lost(candidates, lock, max_waiting=None)
+        self.store.end_publish(job_id, custom_ids)
+        return resent
+
+    def _resend_lost(
+        self, candidates: Candidates, lock: Lock, *, max_waiting: int | None = SWEEP_MAX_WAITING
+    ) -> int:
+        kept: dict[tuple[str, str], dict[str, Any]] = {}
+        for job_id in {j for j, _ in candidates}:
+            cids = [c for j, c in candidates if j == job_id]
+            kept.update({(job_id, c): r for c, r in self.store.pending(job_id, cids).items()})
+        missing = list(kept)
+        for look in range(2):
+            if look:
+                time.sleep(LOOK_GAP_SECONDS)
+            present = self._in_broker(max_waiting)
+            if present is None:
+                return 0  # too long a backlog to read now
+            missing = [key for key in missing if kept[key]["task_id"] not in present]
+            if not missing:
+                return 0
+        lock.extend(LOCK_SECONDS, replace_ttl=True)
+        resent = 0
+        for job_id in {j for j, _ in missing}:
+            cids = [c for j, c in missing if j == job_id]
+            now = self.store.snapshot(job_id, cids)
+            # Anything that moved while we looked (a worker took it, it finished) is not lost.
+            lost = [c for c in cids if now[c] == candidates[(job_id, c)]]
+            self.store.touch(job_id, lost)
+            for cid in lost:
+                send(job_id, cid, kept[(job_id, cid)])
+            resent += len(lost)
+        return resent
+
+    def _waiting(self) -> int:
+        pipe = self.client.pipeline(transaction=False)
+        for name in self._lists():
+            pipe.llen(name)
+        return sum(pipe.execute())
+
+    def _lists(self) -> list[str]:
+        return [*queue_lists(self.settings.queue), *queue_lists(self.settings.retry_queue)]
+
+    def _in_broker(self, max_waiting: int | None) -> set[str] | None:
+        """Task ids of every message waiting in a queue or held (unacked) by a worker.
+
+        None when more than `max_waiting` messages wait in the queues.
+        """
+        if max_waiting is not None and self._waiting() > max_waiting:
+            return None
+        pipe = self.client.pipeline(transaction=True)
+        for name in self._lists():
+            pipe.lrange(name, 0, -1)
+        pipe.hvals(UNACKED_KEY)
+        *lists, unacked = pipe.execute()
+        ids = {message_id(json.loads(raw)) for lst in lists for raw in lst}
+        ids.update(message_id(json.loads(raw)[0]) for raw in unacked)
+        return ids
+
+
+def _release(lock: Lock) -> None:
+    # Expired (a very long sweep): another holder may have it now.
+    with contextlib.suppress(redis.exceptions.LockError):
+        lock.release()
+
+
+class Sweeper:
+    """The thread in each worker's main process that runs `Recovery.sweep_if_due`."""
+
+    def __init__(self, recovery: Recovery) -> None:
+        self.recovery = recovery
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="quotaflow-recovery", daemon=True)
+
+    def start(self) -> Sweeper:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        interval = self.recovery.interval
+        # Spread the workers over the interval; whichever is first sweeps.
+        while not self._stop.wait(interval * random.uniform(0.5, 1.0)):
+            try:
+                self.recovery.sweep_if_due()
+            except redis.RedisError as exc:
+                log.warning("recovery sweep skipped: Redis: %s", exc)
+            except Exception:
+                log.exception("recovery sweep failed")
+
+
+_sweeper: Sweeper | None = None
+
+
+@signals.worker_ready.connect
+def _start_sweeper(**_: Any) -> None:
+    global _sweeper
+    try:
+        rt = runtime.current()
+    except NotConfigured:
+        return
+    _sweeper = Sweeper(Recovery(rt.settings, rt.jobs)).start()
+
+
+@signals.worker_shutdown.connect
+def _stop_sweeper(**_: Any) -> None:
+    if _sweeper is not None:
+        _sweeper.stop()
