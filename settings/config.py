@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import difflib
 import json
+import logging
+import os
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -25,8 +29,25 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from settings.sources import (
+    ENV_FILE,
+    ENV_PREFIX,
+    TOML_FILE,
+    KnownFieldsOnly,
+    ParseError,
+    SourceError,
+    Sources,
+)
+
+log = logging.getLogger(__name__)
+
 ProviderKind = Literal["openai", "azure", "compatible"]
 AccountingMode = Literal["estimate", "actual"]
+#: Kinds whose provider refuses every call without a key. A `compatible` server may
+#: need none (vLLM, Ollama): without api_key it is sent a placeholder.
+KINDS_NEEDING_API_KEY = ("openai", "azure")
+#: The key the default deployment sends; `quotaflow simulate --api-key sk-local` accepts it.
+SIMULATOR_API_KEY = "sk-local"
 
 
 class SettingsError(ValueError):
@@ -48,7 +69,8 @@ class DeploymentSettings(BaseModel):
     base_url: str | None = None
     #: Azure OpenAI API version (required for kind=azure).
     api_version: str | None = None
-    #: Provider API key; never logged, never put in a message.
+    #: Provider API key (required for openai and azure); never logged, never put in a
+    #: message.
     api_key: SecretStr | None = None
     #: Tokens per minute granted by the provider.
     tpm: PositiveInt
@@ -59,8 +81,9 @@ class DeploymentSettings(BaseModel):
     #: reach the provider a moment after their slot (up to late_tolerance_seconds).
     #: Azure checks over 1-10 s intervals and needs a few seconds at most.
     burst_seconds: float = Field(default=58.0, gt=0, le=60)
-    #: `estimate` keeps the charge made at admission (how openai/azure count);
-    #: `actual` corrects it by real usage at settle (gateways, self-hosted servers).
+    #: `estimate` (the default) keeps the charge made at admission, as openai and azure
+    #: count; `actual` corrects it by real usage at settle, for servers that count real
+    #: usage. Only `estimate` can never under-reserve.
     accounting: AccountingMode | None = None
     #: Context window in tokens: bounds prompts and the charge of unbounded outputs.
     context_window: PositiveInt = 128_000
@@ -81,9 +104,7 @@ class DeploymentSettings(BaseModel):
 
     @property
     def accounting_mode(self) -> AccountingMode:
-        if self.accounting is not None:
-            return self.accounting
-        return "actual" if self.kind == "compatible" else "estimate"
+        return self.accounting or "estimate"
 
     @property
     def token_capacity(self) -> float:
@@ -96,14 +117,17 @@ class DeploymentSettings(BaseModel):
         return self.rpm * self.burst_seconds / 60.0
 
 
-def _default_deployments() -> list[DeploymentSettings]:
+def _default_deployments(
+    host: object = "127.0.0.1", port: object = 8765
+) -> list[DeploymentSettings]:
+    """The local simulator that `quotaflow simulate` starts (same address, key and quota)."""
     return [
         DeploymentSettings(
             name="default",
             kind="compatible",
             model="gpt-4o-mini",
-            base_url="http://127.0.0.1:8765/v1",
-            api_key=SecretStr("sk-local-simulator"),
+            base_url=f"http://{host}:{port}/v1",
+            api_key=SecretStr(SIMULATOR_API_KEY),
             tpm=30_000,
             rpm=600,
             accounting="estimate",
@@ -117,11 +141,13 @@ class Settings(BaseSettings):
     """Everything quotaflow reads from the environment, `.env` or `quotaflow.toml`."""
 
     model_config = SettingsConfigDict(
-        env_prefix="QUOTAFLOW_",
-        env_file=".env",
+        env_prefix=ENV_PREFIX,
+        env_file=ENV_FILE,
         env_file_encoding="utf-8",
         env_nested_delimiter="__",
-        toml_file="quotaflow.toml",
+        # QUOTAFLOW_DEPLOYMENTS= (e.g. an unset compose variable) means unset, not "".
+        env_ignore_empty=True,
+        toml_file=TOML_FILE,
         extra="forbid",
         frozen=True,
     )
@@ -160,11 +186,23 @@ class Settings(BaseSettings):
     eta_task_limit: PositiveInt = 2000
     #: Record every admission in Redis (for audits and the conformance tests).
     admission_log: bool = False
-    #: Where the simulator listens when quotaflow starts one itself.
+    #: Where `quotaflow simulate` listens, and where the default deployment calls.
     simulator_host: str = "127.0.0.1"
     simulator_port: int = Field(default=8765, ge=0, le=65535)
-    #: The deployments requests can go to; the first is the default.
+    #: The deployments requests can go to; the first is the default. Unset: one
+    #: deployment on the local simulator (simulator_host, simulator_port).
     deployments: list[DeploymentSettings] = Field(default_factory=_default_deployments)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_deployment(cls, data: Any) -> Any:
+        # The default deployment follows the simulator's address, so that
+        # `quotaflow simulate` and `quotaflow run` agree whatever port is chosen.
+        if isinstance(data, dict) and "deployments" not in data:
+            host = data.get("simulator_host") or "127.0.0.1"
+            port = data.get("simulator_port") or 8765
+            data = {**data, "deployments": _default_deployments(host, port)}
+        return data
 
     @field_validator("redis_url")
     @classmethod
@@ -194,6 +232,17 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _check_api_keys(self) -> Settings:
+        for dep in self.deployments:
+            key = dep.api_key.get_secret_value() if dep.api_key else ""
+            if dep.kind in KINDS_NEEDING_API_KEY and not key.strip():
+                raise ValueError(
+                    f"deployments: {dep.name!r} (kind {dep.kind!r}) has no api_key, so every "
+                    "call would be refused; set its api_key"
+                )
+        return self
+
     @property
     def longest_countdown_seconds(self) -> float:
         """The longest a deferred or retried task can be held before it runs."""
@@ -217,7 +266,7 @@ class Settings(BaseSettings):
         return (
             init_settings,
             env_settings,
-            dotenv_settings,
+            KnownFieldsOnly(dotenv_settings),
             TomlConfigSettingsSource(settings_cls),
             file_secret_settings,
         )
@@ -233,28 +282,64 @@ class Settings(BaseSettings):
         raise SettingsError(f"unknown deployment {name!r}; configured: {known}")
 
 
-def load_settings(*, toml_file: Path | None = None, **overrides: object) -> Settings:
-    """Build Settings, turning validation errors into one readable SettingsError."""
+def load_settings(
+    *,
+    toml_file: Path | None = None,
+    warn: Callable[[str], None] | None = None,
+    **overrides: object,
+) -> Settings:
+    """Build Settings from QUOTAFLOW_* variables, `.env` and `quotaflow.toml` (or `toml_file`).
+
+    Whatever is wrong, and wherever, ends in one SettingsError that names the source.
+    QUOTAFLOW_* names that match no setting are passed to `warn` (default: a log warning).
+    """
+    if toml_file is not None and not toml_file.is_file():
+        raise SettingsError(f"settings file not found: {toml_file}")
+    try:
+        sources = Sources(
+            environ=os.environ,
+            env_file=Path(ENV_FILE),
+            toml_file=toml_file if toml_file is not None else Path(TOML_FILE),
+        )
+    except SourceError as exc:
+        raise SettingsError(str(exc)) from exc
+    for message in sources.unknown(Settings.model_fields):
+        (warn or log.warning)(message)
     try:
         if toml_file is not None:
-            if not toml_file.is_file():
-                raise SettingsError(f"settings file not found: {toml_file}")
             cls = type(
                 "FileSettings",
                 (Settings,),
                 {"model_config": {**Settings.model_config, "toml_file": toml_file}},
             )
-            return cls(**overrides)  # type: ignore[arg-type]
+            return cls(**overrides)  # type: ignore[arg-type, no-any-return]
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
-        raise SettingsError(describe_validation_error(exc)) from exc
+        raise SettingsError(describe_validation_error(exc, origin=sources.origin)) from exc
+    except ParseError as exc:
+        raise SettingsError(sources.describe(exc)) from exc
 
 
-def describe_validation_error(exc: ValidationError) -> str:
+def describe_validation_error(
+    exc: ValidationError, *, origin: Callable[[str], str] | None = None
+) -> str:
     lines = ["invalid quotaflow settings:"]
+    fields = list(Settings.model_fields)
     for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "settings"
-        lines.append(f"  {where}: {err['msg']} (got {_short(err.get('input'))})")
+        where = ".".join(str(p) for p in err["loc"])
+        top = str(err["loc"][0]) if err["loc"] else ""
+        if not where:  # a check across fields: its message says it all
+            lines.append(f"  {err['msg'].removeprefix('Value error, ')}")
+            continue
+        if err["type"] == "extra_forbidden" and len(err["loc"]) == 1:
+            close = difflib.get_close_matches(top, fields, n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            lines.append(f"  {where}: not a quotaflow setting{hint}")
+            continue
+        line = f"  {where}: {err['msg']} (got {_short(err.get('input'))})"
+        if origin is not None and top and origin(top):
+            line += f" {origin(top)}"
+        lines.append(line)
     lines.append("set them with QUOTAFLOW_* environment variables, .env or quotaflow.toml")
     return "\n".join(lines)
 
