@@ -84,9 +84,6 @@ def configure(celery_app: Celery, settings: Settings) -> None:
 @signals.before_task_publish.connect
 def _refuse_publish(sender: str | None = None, **_: Any) -> None:
     settings = getattr(app.conf, "quotaflow_settings", None)
-    error = getattr(app.conf, "quotaflow_settings_error", None)
-    if settings is None and error is not None and (sender or "").startswith("quotaflow."):
-        raise SettingsError(error)  # `.delay()` with broken settings: say why, send nothing
     if (
         settings is not None
         and settings.redis_url is None

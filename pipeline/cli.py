@@ -86,12 +86,8 @@ _state = _State(config=None)
 
 def _settings() -> Settings:
     if _state.settings is None:
-        _state.settings = load_settings(toml_file=_state.config, warn=_warn)
+        _state.settings = load_settings(toml_file=_state.config)
     return _state.settings
-
-
-def _warn(message: str) -> None:
-    errors.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
 
 
 def _connect(settings: Settings) -> Runtime:

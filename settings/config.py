@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import difflib
 import json
-import logging
 import os
 import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -38,8 +38,6 @@ from settings.sources import (
     SourceError,
     Sources,
 )
-
-log = logging.getLogger(__name__)
 
 ProviderKind = Literal["openai", "azure", "compatible"]
 AccountingMode = Literal["estimate", "actual"]
@@ -282,6 +280,14 @@ class Settings(BaseSettings):
         raise SettingsError(f"unknown deployment {name!r}; configured: {known}")
 
 
+_warned: set[str] = set()
+
+
+def _to_stderr(message: str) -> None:
+    # Not a log record: settings are loaded before any logging is configured.
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
 def load_settings(
     *,
     toml_file: Path | None = None,
@@ -291,7 +297,7 @@ def load_settings(
     """Build Settings from QUOTAFLOW_* variables, `.env` and `quotaflow.toml` (or `toml_file`).
 
     Whatever is wrong, and wherever, ends in one SettingsError that names the source.
-    QUOTAFLOW_* names that match no setting are passed to `warn` (default: a log warning).
+    QUOTAFLOW_* names that match no setting are passed to `warn` (default: stderr), once.
     """
     if toml_file is not None and not toml_file.is_file():
         raise SettingsError(f"settings file not found: {toml_file}")
@@ -304,7 +310,10 @@ def load_settings(
     except SourceError as exc:
         raise SettingsError(str(exc)) from exc
     for message in sources.unknown(Settings.model_fields):
-        (warn or log.warning)(message)
+        # Once per process: the Celery app and the CLI both load the settings.
+        if message not in _warned:
+            _warned.add(message)
+            (warn or _to_stderr)(message)
     try:
         if toml_file is not None:
             cls = type(
