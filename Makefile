@@ -39,9 +39,11 @@ chaos: install
 worker: install
 	$(BIN)/celery -A pipeline worker -Q quotaflow,quotaflow.retry -c 8 -l info
 
+# Flower reads FLOWER_BASIC_AUTH from its environment: the password stays off the
+# command line (and out of `ps`).
 flower: install
-	@: $${FLOWER_BASIC_AUTH:?set FLOWER_BASIC_AUTH=user:password}
-	$(BIN)/celery -A pipeline flower  # reads FLOWER_BASIC_AUTH itself: not on the command line
+	@test -n "$$FLOWER_BASIC_AUTH" || { echo "set FLOWER_BASIC_AUTH=user:password" >&2; exit 2; }
+	$(BIN)/celery -A pipeline flower
 
 up:
 	docker compose up -d

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import sys
 import time
 from collections.abc import Iterator
@@ -28,7 +29,7 @@ from pipeline.app import app as celery_app
 from pipeline.app import configure
 from pipeline.batchfile import BatchFileError, BatchLine, read_batch
 from pipeline.embedded import embedded_redis, sigterm_as_interrupt
-from pipeline.jobs import Jobs, new_job_id
+from pipeline.jobs import Jobs, check_job_id, new_job_id
 from pipeline.local import LocalWorkers, WorkerError
 from pipeline.metrics_server import queue_depth
 from pipeline.views import (
@@ -42,6 +43,7 @@ from pipeline.views import (
     num,
     print_rejected,
     queue_line,
+    recover_line,
 )
 from settings import Settings, SettingsError, load_settings, redact_url
 from tasks import runtime
@@ -55,7 +57,8 @@ NO_CLUSTER = (
 
 POOLS = ("prefork", "threads", "gevent", "eventlet", "solo")
 
-errors = Console(stderr=True, highlight=False)
+#: Console errors and warnings go to; `:-1:` in a message stays `:-1:`.
+errors = Console(stderr=True, highlight=False, emoji=False)
 
 cli = typer.Typer(
     name="quotaflow",
@@ -182,28 +185,51 @@ def _check_batch(batch: Path) -> None:
         raise BatchFileError(f"batch file not found: {batch}")
 
 
+def _check_output(output: Path) -> None:
+    """Fail before any work if the results cannot be written where asked."""
+    if output.is_dir():
+        raise QuotaflowError(f"--output {output} is a directory; give a file name in it")
+    parent = output.parent
+    if not parent.is_dir():
+        raise QuotaflowError(f"output directory does not exist: {parent}")
+    if not os.access(parent, os.W_OK | os.X_OK) or (
+        output.exists() and not os.access(output, os.W_OK)
+    ):
+        raise QuotaflowError(f"cannot write {output}: permission denied")
+
+
+def _check_port(port: int) -> None:
+    if not 1 <= port <= 65535:
+        raise QuotaflowError(f"--port must be between 1 and 65535, got {port}")
+
+
+def _cmd(*args: str | Path) -> str:
+    """A follow-up command a user can paste into a shell."""
+    return shlex.join(["quotaflow", *(str(a) for a in args)])
+
+
 @cli.command()
 def run(
     batch: BatchArg,
     output: Annotated[Path, typer.Option("--output", "-o", help="results (Batch output format)")],
     workers: Annotated[int, typer.Option(min=0, help="local worker processes")] = 2,
     concurrency: Annotated[int, typer.Option(min=1, help="calls in flight per worker")] = 8,
-    pool: Annotated[str, typer.Option(help="worker pool: prefork, threads, gevent")] = "prefork",
+    pool: Annotated[str, typer.Option(help=f"worker pool: {', '.join(POOLS)}")] = "prefork",
     deployment: DeploymentOpt = None,
     tenant: TenantOpt = None,
     job_id: JobIdOpt = None,
 ) -> None:
     """Run a batch on this machine (configured or private Redis, local workers).
 
-    Live progress; results in the Batch output format. Ctrl-C stops cleanly and writes
-    what is done.
+    Live progress; results in the Batch output format. Ctrl-C stops and writes what is done.
     """
     settings = _settings()
     if deployment is not None:
         settings.deployment(deployment)
+    if job_id is not None:
+        check_job_id(job_id)
     _check_batch(batch)
-    if not output.parent.is_dir():
-        raise QuotaflowError(f"output directory does not exist: {output.parent}")
+    _check_output(output)
     if pool not in POOLS:
         raise QuotaflowError(f"--pool must be one of {', '.join(POOLS)}, got {pool!r}")
     if workers == 0 and settings.redis_url is None:
@@ -223,7 +249,7 @@ def run(
                     batch, job_id=job_id, deployment=deployment, tenant=tenant
                 )
             console.print(
-                f"job [bold]{job_id}[/]: {report.submitted} requests queued"
+                f"job [bold]{escape(job_id)}[/]: {report.submitted} requests queued"
                 + (f", {report.skipped} already in the job" if report.skipped else "")
                 + (f", {len(report.rejected)} lines rejected" if report.rejected else "")
             )
@@ -246,7 +272,7 @@ def run(
         if rt.jobs.exists(job_id):
             status = jobs.status(job_id)
             elapsed = time.monotonic() - started
-            console.print(job_table(status, title=f"job {job_id}", elapsed=elapsed))
+            console.print(job_table(status, title=f"job {escape(job_id)}", elapsed=elapsed))
             failures = failures_table(jobs, job_id)
             if failures is not None:
                 console.print(failures)
@@ -269,17 +295,17 @@ def _resume_hint(batch: Path, output: Path, done: set[str], *, job_id: str, embe
         remaining = output.with_name(output.stem + ".remaining.jsonl")
         n = _write_remaining(batch, done, remaining)
         if n:
+            rest = output.with_name(output.stem + ".rest.jsonl")
             console.print(
                 f"{n} requests did not finish; they are in [bold]{escape(str(remaining))}[/].\n"
-                f"resume with: quotaflow run {escape(str(remaining))} -o "
-                f"{escape(str(output.with_name(output.stem + '.rest.jsonl')))} "
+                f"resume with: {escape(_cmd('run', remaining, '-o', rest))} "
                 "(the two output files together are the whole batch)"
             )
         return
     console.print(
         "unfinished requests stay queued in Redis (workers elsewhere keep going).\n"
-        f"resume with: quotaflow run {escape(str(batch))} -o {escape(str(output))} "
-        f"--job-id {job_id}   (finished requests are skipped)"
+        f"resume with: {escape(_cmd('run', batch, '-o', output, '--job-id', job_id))}   "
+        "(finished requests are skipped)"
     )
 
 
@@ -291,17 +317,19 @@ def submit(
     tenant: TenantOpt = None,
 ) -> None:
     """Queue a batch on a running cluster; prints the job id and the rejected lines."""
+    if job_id is not None:
+        check_job_id(job_id)
     _check_batch(batch)
     rt = _cluster()
     jobs = Jobs(rt.settings, rt.jobs)
     report = jobs.submit_file(batch, job_id=job_id, deployment=deployment, tenant=tenant)
     console.print(
-        f"job [bold]{report.job_id}[/]: {report.submitted} queued, {report.skipped} skipped "
-        f"(already in the job), {len(report.rejected)} rejected, "
+        f"job [bold]{escape(report.job_id)}[/]: {report.submitted} queued, "
+        f"{report.skipped} skipped (already in the job), {len(report.rejected)} rejected, "
         f"~{num(report.tokens_estimated)} tokens"
     )
     print_rejected(report, limit=50)
-    console.print(f"follow it with: quotaflow status {report.job_id} --watch")
+    console.print(f"follow it with: {escape(_cmd('status', report.job_id, '--watch'))}")
 
 
 @cli.command()
@@ -319,7 +347,7 @@ def status(
     if watch and not current.finished:
         with contextlib.suppress(KeyboardInterrupt):
             current = follow(rt, jobs, job)
-    console.print(job_table(current, title=f"job {job}"))
+    console.print(job_table(current, title=f"job {escape(job)}"))
     depth = queue_depth(rt.redis, rt.settings)
     console.print(queue_line(depth.ready, depth.deferred), soft_wrap=True)
 
@@ -342,7 +370,9 @@ def results(
         console.print(f"wrote {lines(n)} to {escape(str(output))}")
     if not current.finished:
         pending = current.total - current.counts["done"] - current.counts["failed"]
-        errors.print(f"[yellow]job {job} is not finished: {pending} requests still pending[/]")
+        errors.print(
+            f"[yellow]job {escape(job)} is not finished: {pending} requests still pending[/]"
+        )
 
 
 @cli.command()
@@ -350,16 +380,20 @@ def replay(job: Annotated[str, typer.Argument(help="job id")]) -> None:
     """Resubmit a job's dead letters (once their cause is fixed)."""
     rt = _cluster()
     replayed, skipped = Jobs(rt.settings, rt.jobs).replay(job)
-    console.print(f"job {job}: {replayed} requests resubmitted, {skipped} not replayable "
-                  "(invalid input lines)")  # fmt: skip
+    console.print(f"job {escape(job)}: {replayed} requests resubmitted, {skipped} not "
+                  "replayable (invalid input lines)")  # fmt: skip
 
 
 @cli.command()
 def recover(job: Annotated[str, typer.Argument(help="job id")]) -> None:
-    """Send again the requests whose message the broker lost (e.g. in a Redis crash)."""
+    """Send again the requests whose message the broker lost (e.g. in a Redis crash).
+
+    A request counts as lost once it has been silent for recover_after_seconds.
+    """
     rt = _cluster()
-    n = Jobs(rt.settings, rt.jobs).recover(job)
-    console.print(f"job {job}: {n} lost requests sent again")
+    jobs = Jobs(rt.settings, rt.jobs)
+    n = jobs.recover(job)
+    console.print(recover_line(jobs, job, sent=n, again=_cmd("recover", job)), soft_wrap=True)
 
 
 @cli.command()
@@ -390,15 +424,18 @@ def budget(
 def simulate(ctx: typer.Context) -> None:
     """Run the rate-limited provider simulator (flags: quotaflow simulate --help).
 
-    Listens on 127.0.0.1:8765 unless --host/--port say otherwise: the address the
-    default deployment and the README expect.
+    Listens where the default deployment calls: simulator_host:simulator_port (127.0.0.1:8765).
     """
     from pipeline import simulator
 
-    args = list(ctx.args)
-    if not any(a == "--port" or a.startswith("--port=") for a in args):
-        args += ["--port", "8765"]
-    raise typer.Exit(simulator.main(args))
+    settings = _settings()
+    code = simulator.main(
+        list(ctx.args),
+        prog="quotaflow simulate",
+        host=settings.simulator_host,
+        port=settings.simulator_port,
+    )
+    raise typer.Exit(code)
 
 
 @cli.command()
@@ -411,9 +448,12 @@ def metrics(
     """Serve Prometheus metrics read from Redis at scrape time."""
     from pipeline.metrics_server import serve
 
+    _check_port(port)
     rt = _cluster()
     server = serve(rt, host=host, port=port)
-    console.print(f"serving Prometheus metrics at http://{host}:{port}/metrics (Ctrl-C stops)")
+    console.print(
+        f"serving Prometheus metrics at {escape(f'http://{host}:{port}/metrics')} (Ctrl-C stops)"
+    )
     try:
         with sigterm_as_interrupt(), contextlib.suppress(KeyboardInterrupt):
             while True:

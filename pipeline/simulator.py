@@ -557,15 +557,29 @@ class _Server(ThreadingHTTPServer):
         logger.debug("connection from %s failed", client_address, exc_info=True)
 
 
-def _parser() -> argparse.ArgumentParser:
+def _port(text: str) -> int:
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 65535, got {port}")
+    return port
+
+
+def _parser(
+    prog: str | None = None, host: str | None = None, port: int | None = None
+) -> argparse.ArgumentParser:
     d = SimulatorConfig()
     p = argparse.ArgumentParser(
-        prog="python -m pipeline.simulator",
+        prog=prog or "python -m pipeline.simulator",
         description="OpenAI-compatible server that rate-limits like a real provider.",
     )
     add = p.add_argument
-    add("--host", default=d.host, help="interface to bind (default %(default)s)")
-    add("--port", type=int, default=d.port, help="port; 0 picks a free one (default)")
+    add("--host", default=host or d.host, help="interface to bind (default %(default)s)")
+    add(
+        "--port",
+        type=_port,
+        default=d.port if port is None else port,
+        help="port; 0 picks a free one (default %(default)s)",
+    )
     add("--tpm", type=int, default=d.tpm, help="tokens per minute (default %(default)s)")
     add("--rpm", type=int, default=d.rpm, help="requests per minute (default %(default)s)")
     add("--policy", choices=POLICIES, default=d.policy, help="limit model (default %(default)s)")
@@ -593,9 +607,18 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the simulator until SIGINT or SIGTERM; print one line once listening."""
-    parser = _parser()
+def main(
+    argv: list[str] | None = None,
+    *,
+    prog: str | None = None,
+    host: str | None = None,
+    port: int | None = None,
+) -> int:
+    """Run the simulator until SIGINT or SIGTERM; print one line once listening.
+
+    `prog`, `host` and `port` set the usage line and the defaults of --host and --port.
+    """
+    parser = _parser(prog, host, port)
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     try:

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections import deque
 from collections.abc import Callable
 
+from rich import box
 from rich.console import Console, Group, RenderableType
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -22,7 +24,11 @@ from tasks.jobs import JobStatus
 from tasks.metrics import parse_field
 from tasks.runtime import Runtime
 
-console = Console(highlight=False)
+#: Emoji codes off: a user's `:-1:` must print as typed.
+console = Console(highlight=False, emoji=False)
+
+#: The live line counts the tokens used over this many seconds.
+RATE_WINDOW_SECONDS = 60.0
 
 
 # -- numbers ----------------------------------------------------------------------------
@@ -34,6 +40,26 @@ def num(x: float) -> str:
 
 def lines(n: int) -> str:
     return f"{n} line" if n == 1 else f"{n} lines"
+
+
+class RecentTokens:
+    """Tokens used over the last minute, from samples of a running total.
+
+    (Total / elapsed would show the provider's first burst as a rate far over the quota.)
+    """
+
+    def __init__(self, start: float, window: float = RATE_WINDOW_SECONDS) -> None:
+        self.window = window
+        self.samples: deque[tuple[float, int]] = deque([(start, 0)])
+
+    def add(self, now: float, total: int) -> tuple[int, float]:
+        """Record the running total at `now`; returns (tokens used, over how many seconds)."""
+        # The base is the newest sample at least `window` old (else the start).
+        while len(self.samples) > 1 and self.samples[1][0] <= now - self.window:
+            self.samples.popleft()
+        since, base = self.samples[0]
+        self.samples.append((now, total))
+        return total - base, now - since
 
 
 # -- live progress ----------------------------------------------------------------------
@@ -78,20 +104,23 @@ def follow(
         console=console,
         expand=True,
     )
-    task = progress.add_task(f"job {job_id}", total=None, failed=0)
-    started = time.monotonic()
+    task = progress.add_task(f"job {escape(job_id)}", total=None, failed=0)
+    recent = RecentTokens(time.monotonic())
+    quota = sum(rt.settings.deployment(name).tpm for name in names)
 
     def render(status: JobStatus) -> RenderableType:
         c = status.counts
         done, failed = c["done"], c["failed"]
         progress.update(task, total=max(status.total, 1), completed=done + failed, failed=failed)
-        minutes = max(time.monotonic() - started, 1.0) / 60
-        tokens = status.prompt_tokens + status.completion_tokens
+        tokens, seconds = recent.add(
+            time.monotonic(), status.prompt_tokens + status.completion_tokens
+        )
         line = Text()
         line.append(f"running {c['running']} · deferred {c['deferred']} · ")
         line.append(f"retrying {c['retrying']} · queued {c['queued']}")
         line.append(f"   deferrals {status.deferrals} · retries {status.retries}")
-        line.append(f"   {num(tokens / minutes)} tokens/min used", style="green")
+        line.append(f"   {num(tokens)} tokens in the last {seconds:.0f}s", style="green")
+        line.append(f" (quota {num(quota)}/min)")
         parts: list[RenderableType] = [progress, line, _budget_line(rt, names)]
         if local is not None and local.workers:
             ready = local.ready_count()
@@ -136,11 +165,11 @@ def job_table(status: JobStatus, *, title: str, elapsed: float | None = None) ->
             f"{pending} ({c['queued']} queued, {c['deferred']} deferred, "
             f"{c['running']} running, {c['retrying']} retrying)",
         )
-    table.add_row(
-        "tokens",
-        f"{num(status.prompt_tokens)} prompt + {num(status.completion_tokens)} completion "
-        f"(estimated at submit: {num(status.tokens_estimated)})",
-    )
+    usage = f"{num(status.prompt_tokens)} prompt + {num(status.completion_tokens)} completion"
+    if status.tokens_estimated:
+        # Requests sent with `.delay()` are estimated by the worker, not at submit.
+        usage += f" (estimated at submit: {num(status.tokens_estimated)})"
+    table.add_row("tokens", usage)
     table.add_row("cost", f"${status.cost_usd:,.4f}")
     table.add_row("deferrals", f"{status.deferrals} (postponed by the budget, not sent)")
     table.add_row("retries", f"{status.retries} (transient provider failures)")
@@ -150,7 +179,7 @@ def job_table(status: JobStatus, *, title: str, elapsed: float | None = None) ->
         table.add_row(
             "elapsed",
             f"{elapsed:.1f}s · {c['done'] / minutes:,.0f} requests/min · "
-            f"{tokens / minutes:,.0f} tokens/min",
+            f"{tokens / minutes:,.0f} tokens/min on average",
         )
     return table
 
@@ -165,9 +194,35 @@ def failures_table(jobs: Jobs, job_id: str, limit: int = 8) -> Table | None:
     table.add_column("message", overflow="fold")
     for cid, raw in sorted(dead.items())[:limit]:
         err = json.loads(raw).get("error") or {}
-        table.add_row(cid, str(err.get("code", "")), str(err.get("message", ""))[:200])
+        table.add_row(
+            escape(cid), escape(str(err.get("code", ""))), escape(str(err.get("message", ""))[:200])
+        )
     if len(dead) > limit:
         table.caption = f"{len(dead) - limit} more in the output file"
+    return table
+
+
+def _table(title: str, headers: list[str], rows: list[list[str]], caption: str = "") -> Table:
+    """A table whose columns never cut a header or a value: only the first column, a
+    name, folds onto more lines when the terminal is narrow."""
+    table = Table(
+        title=title,
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        collapse_padding=True,
+        pad_edge=False,
+    )
+    for i, header in enumerate(headers):
+        if i == 0:
+            table.add_column(header, overflow="fold")
+            continue
+        widest = max([len(w) for w in header.split()] + [len(row[i]) for row in rows])
+        table.add_column(header, justify="right", min_width=widest)
+    for row in rows:
+        table.add_row(*row)
+    if caption:
+        table.caption = caption
+        table.caption_justify = "left"
     return table
 
 
@@ -175,19 +230,47 @@ def jobs_table(jobs: Jobs, limit: int = 30) -> Table | str:
     ids = jobs.store.job_ids()
     if not ids:
         return "no jobs yet: quotaflow submit BATCH.jsonl"
-    table = Table(title=f"jobs ({len(ids)})", title_justify="left")
-    for col in ("job", "created", "total", "done", "failed", "pending", "cost"):
-        table.add_column(col, justify="right" if col not in ("job", "created") else "left")
+    rows = []
     for job_id in ids[-limit:]:
         s = jobs.store.status(job_id)
         c = s.counts
-        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.created_at))
+        created = time.strftime("%m-%d %H:%M", time.localtime(s.created_at))
         pending = s.total - c["done"] - c["failed"]
-        table.add_row(job_id, created, str(s.total), str(c["done"]), str(c["failed"]),
-                      str(pending), f"${s.cost_usd:,.4f}")  # fmt: skip
-    if len(ids) > limit:
-        table.caption = f"the {limit} most recent of {len(ids)}"
-    return table
+        rows.append([escape(job_id), created, str(s.total), str(c["done"]), str(c["failed"]),
+                     str(pending), f"${s.cost_usd:,.4f}"])  # fmt: skip
+    caption = f"the {limit} most recent of {len(ids)}" if len(ids) > limit else ""
+    headers = ["job", "created", "total", "done", "failed", "pending", "cost"]
+    return _table(f"jobs ({len(ids)})", headers, rows, caption)
+
+
+def recover_line(jobs: Jobs, job_id: str, *, sent: int, again: str) -> Text:
+    """What `quotaflow recover` did and, when it sent nothing, what it waits for."""
+    head = f"job {job_id}: {sent} lost requests sent again"
+    status = jobs.status(job_id)
+    if sent:
+        return Text(head)
+    if status.finished:
+        return Text(f"job {job_id} is finished: nothing to recover")
+    limit = jobs.settings.recover_after_seconds
+    quiet = jobs.store.quiet(job_id).values()
+    recent = [q for q in quiet if q < limit]
+    silent = len(quiet) - len(recent)
+    parts = [head]
+    if silent:
+        parts.append(
+            f"{silent} silent for over {limit:g}s are in a queue or held by a worker: waiting, "
+            "not lost"
+        )
+    if recent:
+        parts.append(
+            f"{len(recent)} moved less than {limit:g}s ago (recover_after_seconds); a request "
+            f"is taken for lost after {limit:g}s of silence with its message in no queue and "
+            f"held by no worker. The first could qualify in {limit - max(recent):.0f}s: "
+            f"run `{again}` then (`run` and `status --watch` do this on their own)"
+        )
+    if not quiet:
+        parts.append("no unfinished request of this job can be sent again by quotaflow")
+    return Text("; ".join(parts))
 
 
 def print_rejected(report: SubmitReport, limit: int = 10) -> None:
@@ -213,40 +296,42 @@ def budget_view(rt: Runtime) -> Group:
         elif name == "reservations_total":
             key = "res:" + labels.get("outcome", "")
             per[key] = per.get(key, 0) + value
-    table = Table(title="budget", title_justify="left")
-    table.add_column("deployment")
-    table.add_column("tokens free / burst", justify="right")
-    table.add_column("requests free / burst", justify="right")
-    table.add_column("booked ahead", justify="right")
-    table.add_column("cooldown", justify="right")
-    table.add_column("deferrals*", justify="right")
-    table.add_column("429s*", justify="right")
-    table.add_column("granted/booked/wait/never*", justify="right")
-    table.add_column("rate", justify="right")
+    # Two tables, so that every header fits in 80 columns.
+    now: list[list[str]] = []
+    last: list[list[str]] = []
     for dep in rt.settings.deployments:
         snap = rt.gate.snapshot(dep.name)
         per = recent.get(dep.name, {})
-        outcomes = "/".join(
-            num(per.get(f"res:{o}", 0)) for o in ("granted", "booked", "wait", "never")
-        )
-        table.add_row(
-            dep.name,
+        now.append([
+            escape(dep.name),
             f"{num(snap.tokens_available)} / {num(snap.tokens_capacity)}",
             f"{num(snap.requests_available)} / {num(snap.requests_capacity)}",
             f"{snap.booked_ahead_seconds:.1f}s",
             f"{snap.cooldown_seconds:.1f}s",
+            f"{snap.rate_factor:.0%}",
+        ])  # fmt: skip
+        last.append([
+            escape(dep.name),
             num(per.get("deferrals", 0)),
             num(per.get("429", 0)),
-            outcomes,
-            f"{snap.rate_factor:.0%}",
-        )
-    table.caption = (
-        "* in this clock minute and the one before. rate: the share of the quota the gate "
-        "allows now (lowered after a provider 429, won back by successes)"
+            *(num(per.get(f"res:{o}", 0)) for o in ("granted", "booked", "wait", "never")),
+        ])  # fmt: skip
+    now_table = _table(
+        "budget now",
+        ["deployment", "tokens free / burst", "requests free / burst", "booked ahead",
+         "cooldown", "rate"],
+        now,
+        "rate: the share of the quota the gate allows now (lowered after a provider 429, "
+        "won back by successes)",
+    )  # fmt: skip
+    last_table = _table(
+        "last minute*",
+        ["deployment", "deferrals", "429s", "granted", "booked", "wait", "never"],
+        last,
+        "* in this clock minute and the one before; granted ... never: the gate's answers",
     )
-    table.caption_justify = "left"
     depth = queue_depth(rt.redis, rt.settings)
-    return Group(table, Text(queue_line(depth.ready, depth.deferred)))
+    return Group(now_table, last_table, Text(queue_line(depth.ready, depth.deferred)))
 
 
 def queue_line(ready: dict[str, int], deferred: dict[str, int]) -> str:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
+import os
 import re
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,10 +30,25 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from settings.sources import (
+    ENV_FILE,
+    ENV_PREFIX,
+    TOML_FILE,
+    KnownFieldsOnly,
+    ParseError,
+    SourceError,
+    Sources,
+)
+
 ProviderKind = Literal["openai", "azure", "compatible"]
 AccountingMode = Literal["estimate", "actual"]
 #: Time a task run may take beyond the outage wait and the provider timeout.
 RUN_MARGIN_SECONDS = 10.0
+#: Kinds whose provider refuses every call without a key. A `compatible` server may
+#: need none (vLLM, Ollama): without api_key it is sent a placeholder.
+KINDS_NEEDING_API_KEY = ("openai", "azure")
+#: The key the default deployment sends; `quotaflow simulate --api-key sk-local` accepts it.
+SIMULATOR_API_KEY = "sk-local"
 
 
 class SettingsError(ValueError):
@@ -51,7 +70,8 @@ class DeploymentSettings(BaseModel):
     base_url: str | None = None
     #: Azure OpenAI API version (required for kind=azure).
     api_version: str | None = None
-    #: Provider API key; never logged, never put in a message.
+    #: Provider API key (required for openai and azure); never logged, never put in a
+    #: message.
     api_key: SecretStr | None = None
     #: Tokens per minute granted by the provider.
     tpm: PositiveInt
@@ -62,8 +82,9 @@ class DeploymentSettings(BaseModel):
     #: reach the provider a moment after their slot (up to late_tolerance_seconds).
     #: Azure checks over 1-10 s intervals and needs a few seconds at most.
     burst_seconds: float = Field(default=58.0, gt=0, le=60)
-    #: `estimate` keeps the charge made at admission (how openai/azure count);
-    #: `actual` corrects it by real usage at settle (gateways, self-hosted servers).
+    #: `estimate` (the default) keeps the charge made at admission, as openai and azure
+    #: count; `actual` corrects it by real usage at settle, for servers that count real
+    #: usage. Only `estimate` can never under-reserve.
     accounting: AccountingMode | None = None
     #: Context window in tokens: bounds prompts and the charge of unbounded outputs.
     context_window: PositiveInt = 128_000
@@ -103,9 +124,7 @@ class DeploymentSettings(BaseModel):
 
     @property
     def accounting_mode(self) -> AccountingMode:
-        if self.accounting is not None:
-            return self.accounting
-        return "actual" if self.kind == "compatible" else "estimate"
+        return self.accounting or "estimate"
 
     @property
     def token_capacity(self) -> float:
@@ -118,16 +137,17 @@ class DeploymentSettings(BaseModel):
         return self.rpm * self.burst_seconds / 60.0
 
 
-def _default_deployments(data: dict[str, Any]) -> list[DeploymentSettings]:
-    host = data.get("simulator_host", "127.0.0.1")
-    port = data.get("simulator_port", 8765)
+def _default_deployments(
+    host: object = "127.0.0.1", port: object = 8765
+) -> list[DeploymentSettings]:
+    """The local simulator that `quotaflow simulate` starts (same address, key and quota)."""
     return [
         DeploymentSettings(
             name="default",
             kind="compatible",
             model="gpt-4o-mini",
             base_url=f"http://{host}:{port}/v1",
-            api_key=SecretStr("sk-local-simulator"),
+            api_key=SecretStr(SIMULATOR_API_KEY),
             tpm=30_000,
             rpm=600,
             accounting="estimate",
@@ -141,11 +161,13 @@ class Settings(BaseSettings):
     """Everything quotaflow reads from the environment, `.env` or `quotaflow.toml`."""
 
     model_config = SettingsConfigDict(
-        env_prefix="QUOTAFLOW_",
-        env_file=".env",
+        env_prefix=ENV_PREFIX,
+        env_file=ENV_FILE,
         env_file_encoding="utf-8",
         env_nested_delimiter="__",
-        toml_file="quotaflow.toml",
+        # QUOTAFLOW_DEPLOYMENTS= (e.g. an unset compose variable) means unset, not "".
+        env_ignore_empty=True,
+        toml_file=TOML_FILE,
         extra="forbid",
         frozen=True,
     )
@@ -199,12 +221,24 @@ class Settings(BaseSettings):
     show_task_arguments: bool = False
     #: Distinct tenant labels the metrics keep; later tenants are counted as `other`.
     metrics_max_tenants: PositiveInt = 100
-    #: The simulator the default deployment calls (docker-compose: the `simulator`
-    #: service), and where it listens when quotaflow starts one itself.
+    #: Where `quotaflow simulate` listens, and where the default deployment calls
+    #: (docker-compose: the `simulator` service).
     simulator_host: str = "127.0.0.1"
     simulator_port: int = Field(default=8765, ge=0, le=65535)
-    #: The deployments requests can go to; the first is the default.
+    #: The deployments requests can go to; the first is the default. Unset: one
+    #: deployment on the local simulator (simulator_host, simulator_port).
     deployments: list[DeploymentSettings] = Field(default_factory=_default_deployments)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_deployment(cls, data: Any) -> Any:
+        # The default deployment follows the simulator's address, so that
+        # `quotaflow simulate` and `quotaflow run` agree whatever port is chosen.
+        if isinstance(data, dict) and "deployments" not in data:
+            host = data.get("simulator_host") or "127.0.0.1"
+            port = data.get("simulator_port") or 8765
+            data = {**data, "deployments": _default_deployments(host, port)}
+        return data
 
     @field_validator("redis_url")
     @classmethod
@@ -240,6 +274,17 @@ class Settings(BaseSettings):
                 f"timeout_seconds + {RUN_MARGIN_SECONDS:g}s), or running tasks are "
                 "redelivered and run twice; leave it unset to derive it"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _check_api_keys(self) -> Settings:
+        for dep in self.deployments:
+            key = dep.api_key.get_secret_value() if dep.api_key else ""
+            if dep.kind in KINDS_NEEDING_API_KEY and not key.strip():
+                raise ValueError(
+                    f"deployments: {dep.name!r} (kind {dep.kind!r}) has no api_key, so every "
+                    "call would be refused; set its api_key"
+                )
         return self
 
     @property
@@ -289,7 +334,7 @@ class Settings(BaseSettings):
         return (
             init_settings,
             env_settings,
-            dotenv_settings,
+            KnownFieldsOnly(dotenv_settings),
             TomlConfigSettingsSource(settings_cls),
             file_secret_settings,
         )
@@ -305,28 +350,75 @@ class Settings(BaseSettings):
         raise SettingsError(f"unknown deployment {name!r}; configured: {known}")
 
 
-def load_settings(*, toml_file: Path | None = None, **overrides: object) -> Settings:
-    """Build Settings, turning validation errors into one readable SettingsError."""
+_warned: set[str] = set()
+
+
+def _to_stderr(message: str) -> None:
+    # Not a log record: settings are loaded before any logging is configured.
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def load_settings(
+    *,
+    toml_file: Path | None = None,
+    warn: Callable[[str], None] | None = None,
+    **overrides: object,
+) -> Settings:
+    """Build Settings from QUOTAFLOW_* variables, `.env` and `quotaflow.toml` (or `toml_file`).
+
+    Whatever is wrong, and wherever, ends in one SettingsError that names the source.
+    QUOTAFLOW_* names that match no setting are passed to `warn` (default: stderr), once.
+    """
+    if toml_file is not None and not toml_file.is_file():
+        raise SettingsError(f"settings file not found: {toml_file}")
+    try:
+        sources = Sources(
+            environ=os.environ,
+            env_file=Path(ENV_FILE),
+            toml_file=toml_file if toml_file is not None else Path(TOML_FILE),
+        )
+    except SourceError as exc:
+        raise SettingsError(str(exc)) from exc
+    for message in sources.unknown(Settings.model_fields):
+        # Once per process: the Celery app and the CLI both load the settings.
+        if message not in _warned:
+            _warned.add(message)
+            (warn or _to_stderr)(message)
     try:
         if toml_file is not None:
-            if not toml_file.is_file():
-                raise SettingsError(f"settings file not found: {toml_file}")
             cls = type(
                 "FileSettings",
                 (Settings,),
                 {"model_config": {**Settings.model_config, "toml_file": toml_file}},
             )
-            return cls(**overrides)  # type: ignore[arg-type]
+            return cls(**overrides)  # type: ignore[arg-type, no-any-return]
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
-        raise SettingsError(describe_validation_error(exc)) from exc
+        raise SettingsError(describe_validation_error(exc, origin=sources.origin)) from exc
+    except ParseError as exc:
+        raise SettingsError(sources.describe(exc)) from exc
 
 
-def describe_validation_error(exc: ValidationError) -> str:
+def describe_validation_error(
+    exc: ValidationError, *, origin: Callable[[str], str] | None = None
+) -> str:
     lines = ["invalid quotaflow settings:"]
+    fields = list(Settings.model_fields)
     for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "settings"
-        lines.append(f"  {where}: {err['msg']} (got {_short(err.get('input'))})")
+        where = ".".join(str(p) for p in err["loc"])
+        top = str(err["loc"][0]) if err["loc"] else ""
+        if not where:  # a check across fields: its message says it all
+            lines.append(f"  {err['msg'].removeprefix('Value error, ')}")
+            continue
+        if err["type"] == "extra_forbidden" and len(err["loc"]) == 1:
+            close = difflib.get_close_matches(top, fields, n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            lines.append(f"  {where}: not a quotaflow setting{hint}")
+            continue
+        line = f"  {where}: {err['msg']} (got {_short(err.get('input'))})"
+        if origin is not None and top and origin(top):
+            line += f" {origin(top)}"
+        lines.append(line)
     lines.append("set them with QUOTAFLOW_* environment variables, .env or quotaflow.toml")
     return "\n".join(lines)
 

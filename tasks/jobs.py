@@ -132,6 +132,9 @@ class JobStore:
         pipe.hincrby(k.counts, "queued", added)
         pipe.hincrby(k.meta, "total", added)
         pipe.hincrby(k.totals, "tokens_estimated", estimated)
+        # A job made by `.delay(..., job_id=...)` is never created: list it all the same.
+        pipe.hsetnx(k.meta, "created_at", repr(time.time()))
+        pipe.zadd(self.index_key, {job_id: time.time()}, nx=True)
         pipe.execute()
         return added
 
@@ -267,6 +270,22 @@ class JobStore:
         for job_id in ids:
             pipe.hlen(self.keys(job_id).touched)
         return [j for j, n in zip(ids, pipe.execute(), strict=True) if n]
+
+    def quiet(self, job_id: str) -> dict[str, float]:
+        """Seconds each unfinished request that could be sent again has been silent."""
+        k = self.keys(job_id)
+        now = time.time()
+        touched = {
+            _text(cid): float(at) for cid, at in self.client.hscan_iter(k.touched, count=1000)
+        }
+        if not touched:
+            return {}
+        kept = self.client.hmget(k.pending, list(touched))
+        return {
+            cid: now - at
+            for (cid, at), request in zip(touched.items(), kept, strict=True)
+            if request is not None
+        }
 
     def touch(self, job_id: str, custom_ids: Iterable[str]) -> None:
         ids = list(custom_ids)

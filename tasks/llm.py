@@ -11,9 +11,14 @@ from typing import Any
 from celery import shared_task
 
 from tasks.base import BudgetedTask
+from tasks.errors import PermanentFailure
+
+#: A dead letter is an expected end: the worker logs it as one line (the warning from
+#: the dead-letter path), with no "raised unexpected" traceback; `.get()` still raises.
+_EXPECTED = (PermanentFailure,)
 
 
-@shared_task(bind=True, base=BudgetedTask, name="quotaflow.complete")
+@shared_task(bind=True, base=BudgetedTask, name="quotaflow.complete", throws=_EXPECTED)
 def complete(
     self: BudgetedTask,
     body: dict[str, Any],
@@ -33,7 +38,7 @@ def complete(
     )  # fmt: skip
 
 
-@shared_task(bind=True, base=BudgetedTask, name="quotaflow.embed")
+@shared_task(bind=True, base=BudgetedTask, name="quotaflow.embed", throws=_EXPECTED)
 def embed(
     self: BudgetedTask,
     body: dict[str, Any],

@@ -71,6 +71,8 @@ def client_for(dep: DeploymentSettings) -> openai.OpenAI:
 
 def _build_client(dep: DeploymentSettings) -> openai.OpenAI:
     api_key = dep.api_key.get_secret_value() if dep.api_key else None
+    if api_key is None and dep.kind == "compatible":
+        api_key = "none"  # a self-hosted server may need no key; the SDK insists on one
     try:
         if dep.kind == "azure":
             return openai.AzureOpenAI(

@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support.cluster import sim_deployment
+from support.cluster import ROOT, sim_deployment
+from support.redis_server import free_port
 
 from budget import Gate
 from pipeline.simulator import Simulator
-from settings import DeploymentSettings
+from settings import DeploymentSettings, settings_env
+from tasks.jobs import JobStore
 from tasks.metrics import Metrics
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -65,6 +72,11 @@ def write_batch(path: Path, n: int, *, bad_line: int | None = None) -> list[str]
             line = {"custom_id": cid, "method": "POST", "url": "/v1/chat/completions", "body": body}
             fh.write(json.dumps(line) + "\n")
     return ids
+
+
+#: An openai deployment without api_key: every call would be a 401.
+NO_KEY = {"name": "gpt4o", "kind": "openai", "model": "gpt-4o-mini", "tpm": 1000, "rpm": 10}
+NO_KEY_AZURE = {**NO_KEY, "kind": "azure", "base_url": "https://x", "api_version": "2024-10-21"}
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -157,18 +169,24 @@ def test_budget_shows_each_deployment(tmp_path: Path, redis_server, redis_client
         QUOTAFLOW_REDIS_URL=redis_server.url,
         QUOTAFLOW_DEPLOYMENTS=json.dumps([dep.model_dump(mode="json", exclude_none=True)]),
     )
-    done = quotaflow("budget", cwd=tmp_path, env=env, timeout=30)
+    done = quotaflow("budget", cwd=tmp_path, env={**env, "COLUMNS": "80"}, timeout=30)
     assert done.returncode == 0, done.stderr
-    row = next(line for line in done.stdout.splitlines() if "gpt4o" in line)
-    cells = [c.strip() for c in row.strip(" │|").split("│")]
-    assert cells[0] == "gpt4o"
-    assert cells[1].endswith("/ 10,000")  # burst: 60,000 tokens/min x 10 s
-    assert cells[2].endswith("/ 100")
-    assert float(cells[3].rstrip("s")) > 0  # the cooldown pushes the bucket ahead
-    assert 15 < float(cells[4].rstrip("s")) <= 30  # seconds left of the 30 s cooldown
-    assert cells[5:8] == ["7", "2", "5/0/0/0"]
-    assert cells[8].endswith("%")
+    now, last = [
+        re.split(r"\s{2,}", line.strip())
+        for line in done.stdout.splitlines()
+        if line.strip().startswith("gpt4o")
+    ]
+    assert now[1].endswith("/ 10,000")  # burst: 60,000 tokens/min x 10 s
+    assert now[2].endswith("/ 100")
+    assert float(now[3].rstrip("s")) > 0  # the cooldown pushes the bucket ahead
+    assert 15 < float(now[4].rstrip("s")) <= 30  # seconds left of the 30 s cooldown
+    assert now[5].endswith("%")
+    assert last[1:] == ["7", "2", "5", "0", "0", "0"]
     assert "quotaflow: 0 waiting" in done.stdout
+    # At 80 columns every header is whole (no "…").
+    assert "…" not in done.stdout
+    for header in ("tokens free /", "requests free /", "booked ahead", "cooldown", "deferrals"):
+        assert header in done.stdout
 
 
 @pytest.mark.parametrize(
@@ -187,8 +205,43 @@ def test_budget_shows_each_deployment(tmp_path: Path, redis_server, redis_client
             {},
             "unknown deployment 'nope'",
         ),
+        (("run", "batch.jsonl", "-o", "."), {}, "--output . is a directory"),
+        (("metrics", "--port", "99999"), {}, "--port must be between 1 and 65535, got 99999"),
+        (("metrics", "--port", "-1"), {}, "--port must be between 1 and 65535, got -1"),
+        (
+            ("run", "batch.jsonl", "-o", "out.jsonl", "--job-id", "bad job/id*"),
+            {},
+            "invalid job id 'bad job/id*': use 1-100 letters, digits",
+        ),
+        (("submit", "batch.jsonl", "--job-id", "{x}"), {}, "invalid job id '{x}'"),
+        (
+            ("run", "batch.jsonl", "-o", "out.jsonl"),
+            {"QUOTAFLOW_DEPLOYMENTS": json.dumps([NO_KEY])},
+            "deployments: 'gpt4o' (kind 'openai') has no api_key",
+        ),
+        (
+            ("submit", "batch.jsonl"),
+            {
+                "QUOTAFLOW_REDIS_URL": "redis://127.0.0.1:1/0",
+                "QUOTAFLOW_DEPLOYMENTS": json.dumps([NO_KEY_AZURE]),
+            },
+            "deployments: 'gpt4o' (kind 'azure') has no api_key",
+        ),  # fmt: skip
     ],
-    ids=["missing-file", "no-redis", "unreachable-redis", "bad-setting", "unknown-deployment"],
+    ids=[
+        "missing-file",
+        "no-redis",
+        "unreachable-redis",
+        "bad-setting",
+        "unknown-deployment",
+        "output-is-a-directory",
+        "port-too-big",
+        "port-negative",
+        "bad-job-id",
+        "job-id-with-braces",
+        "openai-without-key",
+        "azure-without-key-at-submit",
+    ],  # fmt: skip
 )
 def test_user_errors_are_one_red_line(
     tmp_path: Path, args: tuple[str, ...], env: dict[str, str], expected: str
@@ -201,3 +254,281 @@ def test_user_errors_are_one_red_line(
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith("error: ") and expected in lines[0]
     assert "hunter2secret" not in done.stderr
+    assert not list(tmp_path.glob(".*.partial"))  # refused before any work
+
+
+# -- the README's simulator recipe ------------------------------------------------------
+
+
+def readme_blocks(section: str) -> list[str]:
+    """The fenced code blocks of a README section, as written."""
+    text = (ROOT / "README.md").read_text()
+    body = text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```\n(.*?)```", body, flags=re.DOTALL)
+
+
+def sim_stats(port: int) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=10) as r:
+        return dict(json.loads(r.read()))
+
+
+class ReadmeSimulator:
+    """`quotaflow simulate ...` exactly as the README starts it, on a free port."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        start, _ = readme_blocks("Trying it against the simulator")
+        (self.command,) = start.strip().splitlines()
+        self.port = free_port()
+        # The README's address, 127.0.0.1:8765, moved to a free port: the simulator and
+        # the default deployment both follow simulator_port.
+        self.env = cli_env(QUOTAFLOW_SIMULATOR_PORT=str(self.port))
+        self.env["PATH"] = f"{QUOTAFLOW.parent}{os.pathsep}{self.env['PATH']}"  # activated
+        self.proc = subprocess.Popen(
+            shlex.split(self.command), cwd=tmp_path, env=self.env, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        )  # fmt: skip
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        assert f"listening on http://127.0.0.1:{self.port}" in line, line
+
+    def stop(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        self.proc.wait(timeout=15)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+@pytest.fixture
+def readme_simulator(tmp_path: Path) -> Iterator[ReadmeSimulator]:
+    sim = ReadmeSimulator(tmp_path)
+    yield sim
+    sim.stop()
+
+
+@pytest.mark.timeout(180)
+def test_the_readme_simulator_recipe_gets_no_429s(
+    tmp_path: Path, readme_simulator: ReadmeSimulator
+) -> None:
+    _, script = readme_blocks("Trying it against the simulator")
+    assert "range(100)" in script and '"max_tokens": 400' in script
+    assert "accounting" not in script  # the default accounting must be the safe one
+    # As written, on the simulator's port, with 90 requests instead of 100: 37,800
+    # tokens, 8,800 past the 29,000-token burst, so the gate must pace the rest.
+    script = (
+        script.replace("8765", str(readme_simulator.port))
+        .replace("range(100)", "range(90)")
+        .replace("source .venv/bin/activate", f"source {QUOTAFLOW.parent / 'activate'}")
+    )
+    done = subprocess.run(
+        ["bash", "-e", "-c", script], cwd=tmp_path, env=readme_simulator.env,
+        capture_output=True, text=True, timeout=150, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    stats = sim_stats(readme_simulator.port)
+    assert stats["refused_429"] == 0, stats
+    assert stats["admitted"] == 90
+    assert stats["tokens_charged"] > 29_000 + 5_000  # the burst, and paced work past it
+    assert len(read_jsonl(tmp_path / "stories.out.jsonl")) == 90
+    assert '"refused_429": 0' in done.stdout  # what the README's last command shows
+
+
+def test_the_default_deployment_works_with_quotaflow_simulate(
+    tmp_path: Path, readme_simulator: ReadmeSimulator
+) -> None:
+    # The simulator started as the README shows (with --api-key sk-local), and
+    # `quotaflow run` with no deployments configured at all.
+    assert "--api-key" in readme_simulator.command
+    ids = write_batch(tmp_path / "batch.jsonl", 3)
+    args = ("run", "batch.jsonl", "-o", "out.jsonl", "--workers", "1", "--concurrency", "2")
+    done = quotaflow(*args, cwd=tmp_path, env=readme_simulator.env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    stats = sim_stats(readme_simulator.port)
+    assert stats["by_status"] == {"200": 3}, stats  # no 401
+    assert sorted(line["custom_id"] for line in read_jsonl(tmp_path / "out.jsonl")) == ids
+
+
+# -- settings: every mistake gets one message ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("files", "env", "expected"),
+    [
+        ({}, {"QUOTAFLOW_DEPLOYMENTS": '[{"name": "x",'},
+         "the environment variable QUOTAFLOW_DEPLOYMENTS is not valid JSON (Expecting"),
+        ({}, {"QUOTAFLOW_DEPLOYMENTS": "not json"},
+         "the environment variable QUOTAFLOW_DEPLOYMENTS is not valid JSON"),
+        ({".env": 'QUOTAFLOW_DEPLOYMENTS=[{"name": "x",\n'}, {},
+         "QUOTAFLOW_DEPLOYMENTS in .env is not valid JSON"),
+        ({".env": "QUOTAFLOW_MAX_RETRIES=8\nthis is not a variable\n"}, {},
+         ".env line 2: cannot parse 'this is not a variable'"),
+        ({".env": b"\xff\xfe QUOTAFLOW"}, {}, ".env: not UTF-8 text"),
+        ({".env": "QUOTAFLOW_MAX_RETRIES=lots\n"}, {},
+         "max_retries: Input should be a valid integer, unable to parse string as an integer "
+         "(got 'lots') from QUOTAFLOW_MAX_RETRIES in .env"),
+        ({"quotaflow.toml": "redis_url = \n"}, {},
+         "quotaflow.toml: not valid TOML: Invalid value (at line 1, column 13)"),
+        ({"quotaflow.toml": "max_retry = 3\n"}, {},
+         "max_retry: not a quotaflow setting (did you mean max_retries?)"),
+        # An empty value is unset: the default deployment, then the missing Redis URL.
+        ({}, {"QUOTAFLOW_DEPLOYMENTS": ""}, "QUOTAFLOW_REDIS_URL is not set"),
+        # Other tools' variables in .env are not quotaflow's business.
+        ({".env": "REDIS_PASSWORD=x\n"}, {}, "QUOTAFLOW_REDIS_URL is not set"),
+    ],
+    ids=[
+        "truncated-json", "not-json", "dotenv-json", "dotenv-syntax", "dotenv-encoding",
+        "dotenv-value", "toml-syntax", "toml-unknown-key", "empty-is-unset", "dotenv-others",
+    ],
+)  # fmt: skip
+def test_broken_settings_are_one_line_naming_the_source(
+    tmp_path: Path, files: dict[str, str | bytes], env: dict[str, str], expected: str
+) -> None:
+    for name, content in files.items():
+        path = tmp_path / name
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content)
+    done = quotaflow("status", cwd=tmp_path, env=cli_env(**env), timeout=30)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr + done.stdout
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("error: ") and expected in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"QUOTAFLOW_DEPLOYMENTS": "not json"},
+         "the environment variable QUOTAFLOW_DEPLOYMENTS is not valid JSON"),
+        ({"QUOTAFLOW_DEPLOYMENTS": json.dumps([NO_KEY]),
+          "QUOTAFLOW_REDIS_URL": "redis://127.0.0.1:1/0"},
+         "deployments: 'gpt4o' (kind 'openai') has no api_key"),
+    ],
+    ids=["malformed-deployments", "no-api-key"],
+)  # fmt: skip
+def test_a_worker_with_broken_settings_exits_with_the_message(
+    tmp_path: Path, env: dict[str, str], expected: str
+) -> None:
+    worker = [sys.executable, "-m", "celery", "-A", "pipeline", "worker", "--pool", "solo"]
+    done = subprocess.run(
+        worker, cwd=tmp_path, env=cli_env(**env), capture_output=True, text=True, timeout=60,
+        check=False,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr + done.stdout
+    assert expected in done.stderr
+
+
+def test_unknown_quotaflow_variables_are_named_with_the_closest_setting(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("QUOTAFLOW_MAX_RETRYS=3\nOTHER_TOOL=1\n")
+    env = cli_env(QUOTAFLOW_DEPLOYMENT="[]", QUOTAFLOW_REDIS_URL="redis://127.0.0.1:1/0")
+    done = quotaflow("status", cwd=tmp_path, env=env, timeout=30)
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("warning:")]
+    assert warnings == [
+        "warning: QUOTAFLOW_DEPLOYMENT (environment) is not a quotaflow setting, ignored; "
+        "did you mean QUOTAFLOW_DEPLOYMENTS?",
+        "warning: QUOTAFLOW_MAX_RETRYS (.env) is not a quotaflow setting, ignored; "
+        "did you mean QUOTAFLOW_MAX_RETRIES?",
+    ]
+
+
+def test_no_warning_for_the_quotaflow_variables_the_project_uses(tmp_path: Path) -> None:
+    # Every QUOTAFLOW_* name in the repository: docs, compose file, tests, benchmarks.
+    names = set()
+    for path in ROOT.rglob("*"):
+        if ".venv" in path.parts or ".git" in path.parts or not path.is_file():
+            continue
+        if path.suffix in (".py", ".md", ".yml", ".toml", ".sh") or path.name == "Makefile":
+            text = path.read_text(errors="replace")
+            names |= set(re.findall(r"\bQUOTAFLOW_[A-Z][A-Z0-9_]*[A-Z0-9]\b", text))
+    assert {"QUOTAFLOW_REDIS_URL", "QUOTAFLOW_DEPLOYMENTS"} <= names
+    names -= {"QUOTAFLOW_DEPLOYMENT", "QUOTAFLOW_MAX_RETRYS"}  # the test above's typos
+    env = cli_env(**dict.fromkeys(names, "7"))
+    env.pop("QUOTAFLOW_DEPLOYMENTS")
+    env["QUOTAFLOW_REDIS_URL"] = "redis://127.0.0.1:1/0"
+    done = quotaflow("status", cwd=tmp_path, env=env, timeout=30)
+    assert "warning:" not in done.stderr, done.stderr
+
+
+# -- help, jobs, recover ------------------------------------------------------------------
+
+
+def test_help_says_what_the_commands_do(tmp_path: Path) -> None:
+    env = cli_env(COLUMNS="200")
+    sim = quotaflow("simulate", "--help", cwd=tmp_path, env=env, timeout=30)
+    assert sim.stdout.startswith("usage: quotaflow simulate ")
+    assert "0 picks a free one (default 8765)" in sim.stdout
+    run = quotaflow("run", "--help", cwd=tmp_path, env=env, timeout=30)
+    assert "worker pool: prefork, threads, gevent, eventlet, solo" in run.stdout
+    # Each paragraph of the description is one line, as written.
+    assert "Ctrl-C stops and writes what is done." in run.stdout
+
+
+def test_status_lists_jobs_made_with_delay_and_says_what_is_known(
+    tmp_path: Path, simulator, cluster
+) -> None:  # type: ignore[no-untyped-def]
+    from tasks import complete
+
+    sim = simulator(tpm=600_000, rpm=30_000)
+    c = cluster(sim)
+    c.start_workers(1, concurrency=2)
+    body = {"model": "gpt-4o-mini", "max_tokens": 8,
+            "messages": [{"role": "user", "content": "hello"}]}  # fmt: skip
+    assert complete.delay(body, job_id="my-job", custom_id="one").get(timeout=60)["choices"]
+    JobStore(c.jobs.store.client).create("20261130-072257-f7db68")  # as `submit` makes one
+    env = cli_env(COLUMNS="80", **settings_env(c.settings))
+    listing = quotaflow("status", cwd=tmp_path, env=env, timeout=30)
+    assert listing.returncode == 0, listing.stderr
+    rows = {line.split()[0]: line.split() for line in listing.stdout.splitlines() if line.strip()}
+    assert rows["my-job"][-5:-1] == ["1", "1", "0", "0"]  # total, done, failed, pending
+    assert "20261130-072257-f7db68" in rows  # a whole job id, at 80 columns
+    one = quotaflow("status", "my-job", cwd=tmp_path, env=env, timeout=30)
+    assert one.returncode == 0, one.stderr
+    assert "1 done" in one.stdout
+    assert "estimated at submit" not in one.stdout  # nothing was estimated at submit
+    assert "prompt +" in one.stdout
+
+
+def test_recover_says_what_it_waits_for(tmp_path: Path, redis_server, redis_client) -> None:  # type: ignore[no-untyped-def]
+    write_batch(tmp_path / "batch.jsonl", 2)
+    deployment = {"name": "sim", "kind": "compatible", "model": "gpt-4o-mini",
+                  "base_url": "http://127.0.0.1:9/v1", "tpm": 60_000, "rpm": 600}  # fmt: skip
+    env = cli_env(
+        QUOTAFLOW_REDIS_URL=redis_server.url,
+        QUOTAFLOW_RECOVER_AFTER_SECONDS="300",
+        QUOTAFLOW_DEPLOYMENTS=json.dumps([deployment]),
+    )
+    # No worker: the requests wait in the queue, just submitted.
+    submitted = quotaflow("submit", "batch.jsonl", "--job-id", "j1", cwd=tmp_path, env=env)
+    assert submitted.returncode == 0, submitted.stderr
+    assert "follow it with: quotaflow status j1 --watch" in submitted.stdout
+    done = quotaflow("recover", "j1", cwd=tmp_path, env=env, timeout=30)
+    assert done.returncode == 0, done.stderr
+    out = " ".join(done.stdout.split())
+    assert out.startswith("job j1: 0 lost requests sent again; 2 moved less than 300s ago")
+    assert "(recover_after_seconds)" in out
+    found = re.search(r"could qualify in (\d+)s", out)
+    assert found is not None and 290 <= int(found.group(1)) <= 300, out
+    assert "run `quotaflow recover j1` then" in out
+
+
+def test_follow_up_commands_are_shell_quoted() -> None:
+    from pipeline.cli import _cmd
+
+    assert _cmd("run", Path("my batch.jsonl"), "-o", "out.jsonl") == (
+        "quotaflow run 'my batch.jsonl' -o out.jsonl"
+    )
+
+
+def test_the_live_line_counts_the_last_minute_not_the_first_burst() -> None:
+    from pipeline.views import RecentTokens
+
+    recent = RecentTokens(start=0.0, window=60.0)
+    assert recent.add(5.0, 29_000) == (29_000, 5.0)  # the burst: 29,000 in 5 s, not a rate
+    for t in range(6, 125):
+        tokens, seconds = recent.add(float(t), 29_000 + 500 * (t - 5))
+    assert seconds == 60.0
+    assert tokens == 30_000  # 500 tokens/s over the last minute

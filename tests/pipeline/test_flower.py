@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.cluster import ROOT
 from support.redis_server import free_port
 
 from settings import settings_env
@@ -50,6 +51,20 @@ def poll(url: str, ok: Any, timeout: float = 30) -> Any:
         time.sleep(0.3)
 
 
+def session_commands(sid: int) -> list[str]:
+    """The command lines of every process in session `sid`."""
+    commands = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[3]) == sid:
+                raw = (stat.parent / "cmdline").read_bytes()
+                commands.append(raw.replace(b"\0", b" ").decode(errors="replace"))
+        except (OSError, IndexError, ValueError):
+            continue
+    return commands
+
+
 def test_flower_requires_auth_and_sees_the_worker_and_tasks(
     tmp_path: Path, simulator, cluster
 ) -> None:  # type: ignore[no-untyped-def]
@@ -59,18 +74,22 @@ def test_flower_requires_auth_and_sees_the_worker_and_tasks(
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("QUOTAFLOW_")}
     env.update(settings_env(c.settings))
-    args = [
-        sys.executable, "-m", "celery", "-A", "pipeline", "flower",
-        f"--port={port}", "--address=127.0.0.1", "--basic-auth=user:pass",
-    ]  # fmt: skip
+    # As the README starts it: `FLOWER_BASIC_AUTH=user:pass make flower` (the venv is
+    # installed: -o keeps make from reinstalling it). Flower reads its options from
+    # FLOWER_* variables, the password included.
+    env.update(FLOWER_BASIC_AUTH="user:pass", FLOWER_PORT=str(port), FLOWER_ADDRESS="127.0.0.1")
+    args = ["make", "-s", "-o", ".venv/.installed", "flower"]
     log = (tmp_path / "flower.log").open("wb")
     flower = subprocess.Popen(
-        args, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )  # fmt: skip
+        args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         workers = poll(f"{base}/api/workers?refresh=1", lambda d: bool(d))
+        # The password is on no command line that `ps` shows.
+        commands = session_commands(flower.pid)
+        assert any("flower" in cmd for cmd in commands), commands
+        assert not any("user:pass" in cmd for cmd in commands), commands
         assert get(f"{base}/api/workers", auth=False)[0] == 401
         assert get(f"{base}/api/tasks", auth=False)[0] == 401
         assert get(f"{base}/", auth=False)[0] == 401
