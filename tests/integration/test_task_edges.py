@@ -166,3 +166,20 @@ def test_edge_an_outage_past_the_wait_requeues_the_request(
     assert "held back" in worker.log(), worker.log()[-5000:]
     assert sim.stats()["requests_received"] == 1
     assert c.jobs.store.get_result(job, "r") is not None
+
+
+def test_edge_failed_calls_keep_their_charge(simulator, cluster) -> None:  # type: ignore[no-untyped-def]
+    # G5: in `actual` accounting a 5xx or a timeout is not refunded: the provider may
+    # have counted it. A slow bucket (10 tokens/s) shows whether the charge stayed.
+    sim = simulator(**SIM)
+    slow = {"tpm": 600, "rpm": 60, "burst_seconds": 60.0, "accounting": "actual"}
+    c = cluster(sim, max_retries=0, deployment=slow)
+    c.start_workers(1)
+    job = "g5"
+    c.jobs.store.create(job)
+    complete.apply_async(
+        (chat("[[status:503]]", max_tokens=480),), {"custom_id": "r", "job_id": job}
+    )
+    c.wait(job, timeout=30)
+    assert dead_entry(c, job, "r")["error"]["code"] == "retries_exhausted"
+    assert current().gate.snapshot("sim").tokens_available < 300
