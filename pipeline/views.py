@@ -298,6 +298,7 @@ def budget_view(rt: Runtime) -> Group:
             per[key] = per.get(key, 0) + value
     # Two tables, so that every header fits in 80 columns.
     now: list[list[str]] = []
+    rates: list[list[str]] = []
     last: list[list[str]] = []
     for dep in rt.settings.deployments:
         snap = rt.gate.snapshot(dep.name)
@@ -310,6 +311,11 @@ def budget_view(rt: Runtime) -> Group:
             f"{snap.cooldown_seconds:.1f}s",
             f"{snap.rate_factor:.0%}",
         ])  # fmt: skip
+        rates.append([
+            escape(dep.name),
+            num(dep.tpm), num(snap.neighbour_tpm), num(snap.effective_tpm),
+            num(dep.rpm), num(snap.neighbour_rpm), num(snap.effective_rpm),
+        ])  # fmt: skip
         last.append([
             escape(dep.name),
             num(per.get("deferrals", 0)),
@@ -321,9 +327,16 @@ def budget_view(rt: Runtime) -> Group:
         ["deployment", "tokens free / burst", "requests free / burst", "booked ahead",
          "cooldown", "rate"],
         now,
-        "rate: the share of the quota the gate allows now (lowered after a provider 429, "
-        "won back by successes)",
+        "rate: the share of the token quota the gate allows now (lowered after a provider "
+        "429 and won back with time; minus the neighbours' learned share)",
     )  # fmt: skip
+    rates_table = _table(
+        "per minute",
+        ["deployment", "tpm quota", "others", "gate", "rpm quota", "others", "gate"],
+        rates,
+        "others: learned from the provider's headers, what clients that do not ask the "
+        "gate use of the key; gate: what the gate admits now",
+    )
     last_table = _table(
         "last minute*",
         ["deployment", "deferrals", "429s", "granted", "booked", "wait", "never"],
@@ -331,7 +344,7 @@ def budget_view(rt: Runtime) -> Group:
         "* in this clock minute and the one before; granted ... never: the gate's answers",
     )
     depth = queue_depth(rt.redis, rt.settings)
-    return Group(now_table, last_table, Text(queue_line(depth.ready, depth.deferred)))
+    return Group(now_table, rates_table, last_table, Text(queue_line(depth.ready, depth.deferred)))
 
 
 def queue_line(ready: dict[str, int], deferred: dict[str, int]) -> str:

@@ -25,7 +25,7 @@ SECRETS = {
     "FLOWER_BASIC_AUTH": "admin:flower-pw-9c2a",
     "QUOTAFLOW_DEPLOYMENTS": '[{"name": "d", "model": "m", "api_key": "sk-api-7b3f",'
     ' "tpm": 1000, "rpm": 10}]',
-    "QUOTAFLOW_METRICS_DEPLOYMENTS": '[{"name": "d", "model": "m", "tpm": 1000, "rpm": 10}]',
+    "METRICS_DEPLOYMENTS": '[{"name": "d", "model": "m", "tpm": 1000, "rpm": 10}]',
 }
 #: The secret values, and the services that may see each.
 NEEDS = {
@@ -97,7 +97,7 @@ def test_edge_compose_gives_each_service_only_its_secrets() -> None:
     }  # fmt: skip
     assert set(svc["flower"]["environment"]) == {"QUOTAFLOW_REDIS_URL", "FLOWER_BASIC_AUTH"}
     assert set(svc["metrics"]["environment"]) == {
-        "QUOTAFLOW_REDIS_URL", "QUOTAFLOW_METRICS_DEPLOYMENTS", "QUOTAFLOW_SIMULATOR_HOST",
+        "QUOTAFLOW_REDIS_URL", "METRICS_DEPLOYMENTS", "QUOTAFLOW_SIMULATOR_HOST",
     }  # fmt: skip
     assert svc["simulator"]["environment"] == {} and "depends_on" not in svc["simulator"]
     assert svc["simulator"]["profiles"] == ["sim"]
@@ -110,7 +110,7 @@ def test_edge_compose_gives_each_service_only_its_secrets() -> None:
     bare = services(unset)
     assert "QUOTAFLOW_DEPLOYMENTS" not in bare["worker"]["environment"]
     assert bare["worker"]["environment"]["QUOTAFLOW_SIMULATOR_HOST"] == "simulator"
-    assert "QUOTAFLOW_METRICS_DEPLOYMENTS" not in bare["metrics"]["environment"]
+    assert "METRICS_DEPLOYMENTS" not in bare["metrics"]["environment"]
 
     compose = shutil.which("docker-compose")
     if compose is not None:  # Debian's docker-compose validates without an engine

@@ -28,10 +28,12 @@ def test_the_learned_rate_converges_on_the_neighbours(simulator, cluster) -> Non
     taken0 = sim.stats()["neighbour_tokens"]
     report = c.jobs.submit_bodies(bodies(500, seed=21))  # ~3x what the quota admits
     samples = []
-    while not c.jobs.status(report.job_id).finished:
-        assert time.monotonic() - t0 < 200, c.jobs.status(report.job_id)
+    while not (status := c.jobs.status(report.job_id)).finished:
+        assert time.monotonic() - t0 < 200, status
         time.sleep(1.0)
-        if time.monotonic() - t0 > 15:  # past a few smoothing times
+        # Past a few smoothing times, and while quotaflow still has a backlog (at the
+        # end of the job the provider's bucket fills, which is not the neighbour's doing).
+        if time.monotonic() - t0 > 15 and status.counts["done"] < 0.7 * status.total:
             samples.append(current().gate.snapshot("sim").neighbour_tpm)
     elapsed = time.monotonic() - t0
     true_tpm = (sim.stats()["neighbour_tokens"] - taken0) / elapsed * 60

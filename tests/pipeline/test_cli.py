@@ -171,7 +171,7 @@ def test_budget_shows_each_deployment(tmp_path: Path, redis_server, redis_client
     )
     done = quotaflow("budget", cwd=tmp_path, env={**env, "COLUMNS": "80"}, timeout=30)
     assert done.returncode == 0, done.stderr
-    now, last = [
+    now, rates, last = [
         re.split(r"\s{2,}", line.strip())
         for line in done.stdout.splitlines()
         if line.strip().startswith("gpt4o")
@@ -181,6 +181,8 @@ def test_budget_shows_each_deployment(tmp_path: Path, redis_server, redis_client
     assert float(now[3].rstrip("s")) > 0  # the cooldown pushes the bucket ahead
     assert 15 < float(now[4].rstrip("s")) <= 30  # seconds left of the 30 s cooldown
     assert now[5].endswith("%")
+    assert rates[1:3] == ["60,000", "0"]
+    assert 50_000 < int(rates[3].replace(",", "")) < 60_000  # the 429 cut the rate
     assert last[1:] == ["7", "2", "5", "0", "0", "0"]
     assert "quotaflow: 0 waiting" in done.stdout
     # At 80 columns every header is whole (no "…").
