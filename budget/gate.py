@@ -18,6 +18,7 @@ import redis
 from budget.errors import NeverAdmissible
 from budget.keys import DeploymentKeys, deployment_keys
 from budget.store import ScriptStore
+from budget.window import Windows, window_state
 from settings import DeploymentSettings, SettingsError
 
 log = logging.getLogger(__name__)
@@ -126,6 +127,8 @@ class _Limits:
     request_interval_us: float
     token_tolerance_us: float
     request_tolerance_us: float
+    #: The window limiter's windows; None for a bucket.
+    windows: Windows | None = None
 
 
 class Gate:
@@ -154,6 +157,7 @@ class Gate:
                 request_interval_us=request_interval,
                 token_tolerance_us=dep.token_capacity * token_interval,
                 request_tolerance_us=dep.request_capacity * request_interval,
+                windows=Windows.of(dep),
             )
 
     def limits(self, deployment: str) -> _Limits:
@@ -189,10 +193,17 @@ class Gate:
             return Decision(
                 Outcome.NEVER, now=self.store.time(), dimension=exc.dimension, error=exc
             )
-        code, now_us, start_us, wait_us, binding = self.store.run(
-            "reserve",
-            [lim.keys.tokens, lim.keys.requests, lim.keys.log, lim.keys.factor],
-            [
+        if lim.windows is not None:
+            script = "window"
+            keys = [lim.keys.window, lim.keys.cooldown, lim.keys.factor, lim.keys.log]
+            args = lim.windows.reserve_args(
+                tokens=tokens, requests=requests, horizon_us=int(self.horizon_seconds * _US),
+                log=self.admission_log, log_max=_LOG_MAX, reservation_id=rid,
+            )  # fmt: skip
+        else:
+            script = "reserve"
+            keys = [lim.keys.tokens, lim.keys.requests, lim.keys.log, lim.keys.factor]
+            args = [
                 tokens,
                 requests,
                 repr(lim.token_interval_us),
@@ -203,8 +214,8 @@ class Gate:
                 "1" if self.admission_log else "0",
                 _LOG_MAX,
                 rid,
-            ],
-        )
+            ]
+        code, now_us, start_us, wait_us, binding = self.store.run(script, keys, args)
         now = now_us / _US
         dimension = _DIMENSIONS.get(int(binding))
         if code == 3:
@@ -213,8 +224,9 @@ class Gate:
             if dimension == "requests":
                 cost, cap = (requests, lim.settings.request_capacity)
             err = NeverAdmissible(
-                deployment=deployment, dimension=dimension or "tokens", requested=cost, capacity=cap
-            )
+                deployment=deployment, dimension=dimension or "tokens", requested=cost,
+                capacity=cap, hint=lim.settings.capacity_hint,
+            )  # fmt: skip
             return Decision(Outcome.NEVER, now=now, dimension=dimension, error=err)
         if code == 2:
             return Decision(Outcome.WAIT, now=now, wait=wait_us / _US, dimension=dimension)
@@ -235,6 +247,17 @@ class Gate:
         delta = 0
         if lim.settings.accounting_mode == "actual":
             delta = actual_tokens - reservation.tokens
+        if lim.windows is not None:
+            if delta > 0:
+                _, applied = self.store.run(
+                    "window_push",
+                    [lim.keys.window, lim.keys.settled(reservation.id), lim.keys.factor],
+                    lim.windows.push_args(extra_tokens=delta, settled_ttl=_SETTLED_TTL_SECONDS),
+                )
+                return bool(applied)
+            # A window's starts stand: a refund would let a window hold more than the
+            # provider may already have counted in it.
+            delta = 0
         applied = self.store.run(
             "settle",
             [lim.keys.tokens, lim.keys.settled(reservation.id)],
@@ -251,12 +274,14 @@ class Gate:
         seconds = max(0.0, seconds)
         offset_us = seconds * _US
         log.warning("deployment %s: provider 429, cooling down %.2fs", deployment, seconds)
+        # Window limiter: the cooldown marker is the floor before which nothing starts.
+        window = lim.windows is not None
         self.store.run(
             "push",
             [lim.keys.tokens, lim.keys.requests, lim.keys.cooldown, lim.keys.factor],
             [
-                repr(offset_us + lim.token_tolerance_us),
-                repr(offset_us + lim.request_tolerance_us),
+                "" if window else repr(offset_us + lim.token_tolerance_us),
+                "" if window else repr(offset_us + lim.request_tolerance_us),
                 max(1, math.ceil(seconds * 1000)),
                 f"x{_FACTOR_DECREASE}",
                 _FACTOR_FLOOR,
@@ -272,6 +297,25 @@ class Gate:
         """
         lim = self.limits(deployment)
         lower = {k.lower(): v for k, v in headers.items()}
+        if lim.windows is not None:
+            # "Remaining" is what the provider's window still admits; usage beyond the
+            # gate's own starts of the last window is added at the back of the line.
+            _, moved = self.store.run(
+                "window_push",
+                [lim.keys.window, lim.keys.settled("-"), lim.keys.factor],
+                lim.windows.push_args(
+                    remaining_tokens=_number(lower.get("x-ratelimit-remaining-tokens")),
+                    remaining_requests=_number(lower.get("x-ratelimit-remaining-requests")),
+                    factor_increase=_FACTOR_INCREASE,
+                ),
+            )
+        else:
+            moved = self._observe_buckets(lim, lower)
+        if moved:
+            log.info("deployment %s: provider reports less quota left; gate tightened", deployment)
+        return bool(moved)
+
+    def _observe_buckets(self, lim: _Limits, lower: Mapping[str, str]) -> int:
         args: list[str] = []
         for dim, interval, tolerance in (
             ("tokens", lim.token_interval_us, lim.token_tolerance_us),
@@ -285,9 +329,7 @@ class Gate:
             [lim.keys.tokens, lim.keys.requests, lim.keys.cooldown, lim.keys.factor],
             [*args, 0, f"+{_FACTOR_INCREASE}", _FACTOR_FLOOR],
         )
-        if moved:
-            log.info("deployment %s: provider reports less quota left; gate tightened", deployment)
-        return bool(moved)
+        return int(moved)
 
     def snapshot(self, deployment: str) -> BudgetSnapshot:
         lim = self.limits(deployment)
@@ -299,6 +341,22 @@ class Gate:
         def available(tat: int, tolerance: float, interval: float, capacity: float) -> float:
             return max(0.0, min(capacity, (tolerance - max(0, tat - now_us)) / interval))
 
+        if lim.windows is not None:
+            state = window_state(
+                lim.windows, self.store.zrange(lim.keys.window), now_us=now_us,
+                cooldown_us=cool_us, factor=factor_ppm / 1e6,
+            )  # fmt: skip
+            return BudgetSnapshot(
+                deployment=deployment,
+                now=now_us / _US,
+                tokens_available=state.tokens_available,
+                tokens_capacity=dep.token_capacity,
+                requests_available=state.requests_available,
+                requests_capacity=dep.request_capacity,
+                booked_ahead_seconds=state.booked_ahead_seconds,
+                cooldown_seconds=max(0.0, (cool_us - now_us) / _US),
+                rate_factor=factor_ppm / 1e6,
+            )
         ahead = max(tok_us - lim.token_tolerance_us, req_us - lim.request_tolerance_us) - now_us
         return BudgetSnapshot(
             deployment=deployment,
@@ -316,6 +374,13 @@ class Gate:
             rate_factor=factor_ppm / 1e6,
         )
 
+    def late_tolerance(self, deployment: str, default: float) -> float:
+        """How late a booked call may start and still use its slot: `default` for a
+        bucket; the guard band for a window limiter (later, it would count in the
+        provider's next window)."""
+        windows = self.limits(deployment).windows
+        return default if windows is None else windows.guard_seconds
+
     def now(self) -> float:
         """The Redis server's clock, in seconds."""
         return self.store.time()
@@ -330,15 +395,17 @@ class Gate:
 
 
 def check_admissible(dep: DeploymentSettings, *, tokens: int, requests: int = 1) -> None:
-    """Raise NeverAdmissible when a cost exceeds the deployment's burst in any dimension."""
+    """Raise NeverAdmissible when a cost exceeds the deployment's burst (or a window's
+    allowance) in any dimension."""
     for dimension, cost, capacity in (
         ("tokens", tokens, dep.token_capacity),
         ("requests", requests, dep.request_capacity),
     ):
         if cost > capacity:
             raise NeverAdmissible(
-                deployment=dep.name, dimension=dimension, requested=cost, capacity=capacity
-            )
+                deployment=dep.name, dimension=dimension, requested=cost, capacity=capacity,
+                hint=dep.capacity_hint,
+            )  # fmt: skip
 
 
 def _number(value: str | None) -> float | None:

@@ -21,6 +21,9 @@ class DeploymentKeys:
     factor: str
     #: Admission log (when enabled): "start_us tokens requests reservation_id".
     log: str
+    #: Window limiter: the starts still inside a window, oldest first:
+    #: "start_us tokens requests" (a list; starts never decrease along it).
+    window: str
     #: Prefix of the per-reservation settled markers.
     settled_prefix: str
 
@@ -36,5 +39,6 @@ def deployment_keys(prefix: str, deployment: str) -> DeploymentKeys:
         cooldown=f"{tag}:cooldown",
         factor=f"{tag}:factor",
         log=f"{tag}:admissions",
+        window=f"{tag}:window",
         settled_prefix=f"{tag}:settled:",
     )

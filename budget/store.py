@@ -14,7 +14,7 @@ import redis
 
 from budget.errors import BudgetUnavailable
 
-_SCRIPTS = ("reserve", "settle", "push", "snapshot")
+_SCRIPTS = ("reserve", "settle", "push", "snapshot", "window", "window_push")
 
 
 def _load(name: str) -> str:
@@ -46,6 +46,14 @@ class ScriptStore:
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise BudgetUnavailable(f"budget store unreachable ({exc})") from exc
         return sec + usec / 1e6
+
+    def zrange(self, key: str) -> list[tuple[bytes, float]]:
+        """A sorted set's members with their scores, lowest first."""
+        try:
+            pairs: Any = self.client.zrange(key, 0, -1, withscores=True)
+            return [(m if isinstance(m, bytes) else str(m).encode(), float(s)) for m, s in pairs]
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise BudgetUnavailable(f"budget store unreachable ({exc})") from exc
 
     def lrange(self, key: str) -> list[bytes]:
         try:

@@ -170,7 +170,7 @@ class BudgetedTask(Task):  # type: ignore[misc]
             if early > 0:
                 time.sleep(early)
                 return reservation
-            if -early <= rt.settings.late_tolerance_seconds:
+            if -early <= rt.gate.late_tolerance(dep.name, rt.settings.late_tolerance_seconds):
                 return reservation
             # Started too late: the slot has passed and is simply lost
             # (conservative); book again.
