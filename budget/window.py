@@ -5,7 +5,8 @@ Azure OpenAI counts tokens over 10-second periods and requests over 1-second per
 (plus the minute), at a phase the client cannot see. A token bucket at the full rate
 can put more than a period's allowance into one period whatever its burst; this
 limiter instead keeps, for every interval of a window's length at any phase, the
-starts inside it within one window's allowance (`lua/window.lua`). The gate's windows
+starts inside it within one window's allowance (`lua/window.lua`), booking each
+request at the earliest start that keeps that promise. The gate's windows
 are the provider's plus `window_guard_seconds`, so a call that reaches the provider a
 little after its slot still lands where the gate counted it.
 """

@@ -3,12 +3,17 @@
 --
 -- The promise: for every interval of a window's length, at any phase, the starts
 -- inside it cost at most the window's allowance. Starts are kept in one sorted set,
--- scored by start; each request starts no earlier than every start already there
--- (FIFO). A request of cost c may start at t >= every start in the list when,
--- on each dimension, the starts in (t - window, t] cost at most allowance - c: those
--- are all the starts that any interval of that length holding t can hold. The earliest
--- such t is exact: walking back from the newest start, the first start s at which the
--- running sum passes allowance - c must leave the window, so t = s + window.
+-- scored by start. A request of cost c may start at t when, on each dimension, every
+-- interval of the window's length that holds t holds at most allowance - c.
+--
+-- Two places are tried, and the earlier wins:
+-- - the back of the line, at or after the last start (FIFO): there only the starts in
+--   (t - window, t] count, and the earliest t is exact: walking back from the newest
+--   start, the first start s at which the running sum passes allowance - c must leave
+--   the window, so t = s + window;
+-- - a gap before the last start (backfill): the earliest t from now at which the
+--   request fits beside the starts on both sides of t. A booked start never moves, so
+--   a large request keeps its place at the back and is never starved by small ones.
 --
 -- The windows passed in are the provider's plus a guard band: a call that reaches the
 -- provider up to the guard after its slot still lands where the gate counted it.
@@ -112,9 +117,91 @@ while walking do
 end
 if start > now and binding == 0 then binding = 1 end
 
-local backlog = math.max(last, floor) - now
-if start > now and backlog > horizon then
-  return {2, now, start, backlog - horizon, binding}
+-- Backfill: a request that fits a gap that earlier bookings left open before the last
+-- start takes it, so small requests fill what a large one could not use. At t it must
+-- fit every window holding t, counting starts on both sides of t:
+--   max(sum over [s_k, s_k + window) for starts s_k in (t - window, t],
+--       sum over [t, t + window)) + cost <= room + cost.
+-- The earliest such t is the earliest start allowed (now, or the cooldown's end) or
+-- the moment a start leaves a window (s_k + window). Only the next BACKFILL_MAX starts
+-- are considered, so the work stays bounded.
+local BACKFILL_MAX = 256
+local lowest = math.max(now, floor)
+local function backfill()
+  local rows = redis.call("ZRANGEBYSCORE", KEYS[1], string.format("(%d", lowest - longest),
+                          "+inf", "WITHSCORES", "LIMIT", 0, BACKFILL_MAX)
+  local n = #rows / 2
+  if n == 0 then return nil end
+  local at, units = {}, {{}, {}}
+  for j = 1, n do
+    local tok, req = string.match(rows[2 * j - 1], "^(%d+) (%d+)")
+    at[j] = tonumber(rows[2 * j])
+    units[1][j], units[2][j] = tonumber(tok), tonumber(req)
+  end
+  -- Candidates must lie before the last start, and (when the set was cut short)
+  -- a whole window before the last start fetched.
+  local limit = last
+  if n == BACKFILL_MAX and at[n] - longest < limit then limit = at[n] - longest end
+  if lowest >= limit then return nil end
+  local candidates = {lowest}
+  for d = 1, 2 do
+    for k = 1, n do
+      local t = at[k] + windows[d]
+      if t > lowest and t < limit then candidates[#candidates + 1] = t end
+    end
+  end
+  table.sort(candidates)
+  -- prefix[d][k]: units of the first k starts; ahead[d][k]: units in [at[k], at[k] + window).
+  local prefix, ahead = {{[0] = 0}, {[0] = 0}}, {{}, {}}
+  for d = 1, 2 do
+    for k = 1, n do prefix[d][k] = prefix[d][k - 1] + units[d][k] end
+    local e = 1
+    for k = 1, n do
+      if e < k then e = k end
+      while e <= n and at[e] < at[k] + windows[d] do e = e + 1 end
+      ahead[d][k] = prefix[d][e - 1] - prefix[d][k - 1]
+    end
+  end
+  -- first index with at[] >= t (or > t when strict)
+  local function index(t, strict)
+    local lo, hi = 1, n + 1
+    while lo < hi do
+      local mid = math.floor((lo + hi) / 2)
+      if at[mid] > t or (not strict and at[mid] == t) then hi = mid else lo = mid + 1 end
+    end
+    return lo
+  end
+  for _, t in ipairs(candidates) do
+    local fits = true
+    for d = 1, 2 do
+      local from, to = index(t, false), index(t + windows[d], false)
+      local most = prefix[d][to - 1] - prefix[d][from - 1]
+      for k = index(t - windows[d], true), from - 1 do
+        if ahead[d][k] > most then
+          most = ahead[d][k]
+          if most > room[d] then break end
+        end
+      end
+      if most > room[d] then
+        fits = false
+        break
+      end
+    end
+    if fits then return t end
+  end
+  return nil
+end
+
+local filled = nil
+if start > lowest then filled = backfill() end
+if filled ~= nil and filled < start and filled - now <= horizon then
+  start = filled
+  if start == now then binding = 0 end
+else
+  local backlog = math.max(last, floor) - now
+  if start > now and backlog > horizon then
+    return {2, now, start, backlog - horizon, binding}
+  end
 end
 
 redis.call("ZADD", KEYS[1], string.format("%d", start),

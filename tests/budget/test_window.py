@@ -61,6 +61,32 @@ def test_starts_are_first_in_first_out(redis_client: redis.Redis) -> None:
     assert window_excess(starts(gate), window=1 + GUARD, allowance=1000) <= 0
 
 
+def test_a_small_request_fills_a_gap_a_large_one_left(redis_client: redis.Redis) -> None:
+    gate = make_gate(redis_client)
+    first = gate.reserve("w1", tokens=600)
+    large = gate.reserve("w1", tokens=500)  # does not fit beside the 600: next window
+    small = gate.reserve("w1", tokens=300)  # fits beside the 600, before the large one
+    assert large.outcome is Outcome.BOOKED and small.outcome is Outcome.GRANTED
+    assert first.reservation and large.reservation and small.reservation
+    assert large.reservation.start_at == pytest.approx(first.reservation.start_at + 1 + GUARD)
+    # ...but not beside the large one as well: 300 + 500 + 300 > 1000 in its window.
+    later = gate.reserve("w1", tokens=300)
+    assert later.reservation is not None
+    assert later.reservation.start_at >= large.reservation.start_at
+    assert window_excess(starts(gate), window=1 + GUARD, allowance=1000) <= 0
+
+
+def test_a_long_line_of_bookings_still_conforms(redis_client: redis.Redis) -> None:
+    # More bookings ahead than the gap search looks at: it stops short, never overfills.
+    gate = make_gate(redis_client, horizon=300.0, rpm=60_000)  # 1,000 requests per window
+    sizes = [7, 120, 3, 450, 60, 999, 1, 250]
+    for i in range(500):
+        decision = gate.reserve("w1", tokens=sizes[i % len(sizes)])
+        assert decision.outcome is not Outcome.WAIT
+    assert window_excess(starts(gate), window=1 + GUARD, allowance=1000) <= 0
+    assert window_excess(starts(gate), window=1, allowance=1000) <= 0
+
+
 def test_requests_bind_for_small_calls(redis_client: redis.Redis) -> None:
     gate = make_gate(redis_client)
     decisions = [gate.reserve("w1", tokens=1) for _ in range(11)]
