@@ -374,6 +374,17 @@ class Gate:
             rate_factor=factor_ppm / 1e6,
         )
 
+    def release(self, reservation: Reservation) -> None:
+        """Give back a booked slot that will not be used (its call was never sent).
+
+        The window limiter drops the start, so the rest of its window can be used; a
+        bucket cannot give back a past slot, and keeps it (conservative).
+        """
+        lim = self.limits(reservation.deployment)
+        if lim.windows is not None:
+            member = f"{reservation.tokens} {reservation.requests} {reservation.id}"
+            self.store.zrem(lim.keys.window, member)
+
     def late_tolerance(self, deployment: str, default: float) -> float:
         """How late a booked call may start and still use its slot: `default` for a
         bucket; the guard band for a window limiter (later, it would count in the

@@ -55,6 +55,12 @@ class ScriptStore:
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise BudgetUnavailable(f"budget store unreachable ({exc})") from exc
 
+    def zrem(self, key: str, member: str) -> None:
+        try:
+            self.client.zrem(key, member)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise BudgetUnavailable(f"budget store unreachable ({exc})") from exc
+
     def lrange(self, key: str) -> list[bytes]:
         try:
             return [

@@ -200,6 +200,8 @@ class _Stats:
     requests_received: int = 0
     admitted: int = 0
     refused_429: int = 0
+    #: 429s by the dimension that refused ("tokens" or "requests").
+    refused_by: Counter[str] = field(default_factory=Counter)
     by_status: Counter[int] = field(default_factory=Counter)
     faults: dict[str, int] = field(default_factory=lambda: {"5xx": 0, "timeout": 0, "drop": 0})
     tokens_charged: int = 0
@@ -224,6 +226,7 @@ class _Stats:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         data["faults"] = dict(self.faults)
         data["by_status"] = {str(k): v for k, v in sorted(self.by_status.items())}
+        data["refused_by"] = dict(self.refused_by)
         data["admissions"] = list(self.admissions)
         return data
 
@@ -436,6 +439,7 @@ class Simulator:
             headers = rate_limit_headers(verdict.snapshot)
             if not verdict.admitted:
                 stats.refused_429 += 1
+                stats.refused_by[verdict.dimension or "tokens"] += 1
                 stats.by_status[429] += 1
                 refused = refusal(call, verdict)
                 return _Reply(429, refused.body, headers | refused.headers)

@@ -48,6 +48,9 @@ H_REASON = "quotaflow_reason"
 _OUTAGE = (redis.ConnectionError, redis.TimeoutError, BudgetUnavailable, OperationalError)
 #: A booking this close is waited for in place rather than through the broker.
 INLINE_WAIT_SECONDS = 1.0
+#: A deferred booking comes back this much before its slot and waits out the rest in
+#: place: an ETA task can start late on a busy worker, and a late start loses its slot.
+WAKE_EARLY_SECONDS = 0.25
 
 
 def route(settings: Settings, body: Any, deployment: str | None) -> DeploymentSettings:
@@ -166,15 +169,19 @@ class BudgetedTask(Task):  # type: ignore[misc]
             reservation = Reservation(**booking)
             early = reservation.start_at - rt.gate.now()
             if early > INLINE_WAIT_SECONDS:
-                ctx.defer(early, reservation, f"booked in {early:.1f}s (came back early)")
+                ctx.defer(
+                    early - WAKE_EARLY_SECONDS, reservation,
+                    f"booked in {early:.1f}s (came back early)",
+                )  # fmt: skip
             if early > 0:
                 time.sleep(early)
                 return reservation
             if -early <= rt.gate.late_tolerance(dep.name, rt.settings.late_tolerance_seconds):
                 return reservation
-            # Started too late: the slot has passed and is simply lost
-            # (conservative); book again.
+            # Started too late: the slot has passed; give it back where the limiter
+            # can (nothing was sent in it) and book again.
             log.info("request %s started %.1fs late for its slot; booking again", ctx.cid, -early)
+            rt.gate.release(reservation)
         decision = rt.gate.reserve(dep.name, tokens=est.total, reservation_id=uuid.uuid4().hex)
         ctx.metric("reservations_total", outcome=decision.outcome.value)
         return self._decided(ctx, decision)
@@ -197,7 +204,10 @@ class BudgetedTask(Task):  # type: ignore[misc]
         assert reservation is not None
         countdown = decision.countdown
         if countdown > INLINE_WAIT_SECONDS:
-            ctx.defer(countdown, reservation, f"booked on {decision.dimension} in {countdown:.1f}s")
+            ctx.defer(
+                countdown - WAKE_EARLY_SECONDS, reservation,
+                f"booked on {decision.dimension} in {countdown:.1f}s",
+            )  # fmt: skip
         if countdown > 0:
             time.sleep(countdown)
         return reservation

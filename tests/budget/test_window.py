@@ -167,6 +167,15 @@ def test_actual_accounting_charges_extra_usage_once(redis_client: redis.Redis) -
     assert gate.reserve("w1", tokens=1).outcome is Outcome.BOOKED
 
 
+def test_a_released_slot_is_free_again(redis_client: redis.Redis) -> None:
+    gate = make_gate(redis_client)
+    taken = gate.reserve("w1", tokens=1000)
+    assert taken.reservation is not None
+    assert gate.reserve("w1", tokens=1).outcome is Outcome.BOOKED
+    gate.release(taken.reservation)  # its call was never sent
+    assert gate.reserve("w1", tokens=999).outcome is Outcome.GRANTED
+
+
 def test_snapshot_and_late_tolerance(redis_client: redis.Redis) -> None:
     gate = make_gate(redis_client)
     gate.reserve("w1", tokens=250)
