@@ -37,6 +37,7 @@ from celery import signals
 
 from bench import alternatives
 from bench.redis_proc import RedisProcess
+from bench.results import RESULTS
 from bench.workload import MODEL, Quota, Scale, Workload, describe, make_workload, quota_for
 from budget.keys import deployment_keys
 from settings import DeploymentSettings, LimiterKind, Settings, settings_env
@@ -841,7 +842,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     section = plot.render(ctx, runtime_s, plot.plot_strategies(ctx))
     plot.write_results(section)
-    _log(f"written to {plot.RESULTS}")
+    _log(f"written to {RESULTS}")
     return 0
 
 

@@ -180,7 +180,8 @@ def _intro(p: Plan) -> Panel:
     text.append("batch     ", style="bold")
     text.append(
         f"{p.requests} chat requests, {p.demand_tokens:,} tokens estimated: "
-        f"{p.demand_tokens / p.provider_burst:.0f}x the provider's bucket, "
+        f"{p.demand_tokens / p.provider_burst:.0f}x the provider's "
+        f"{'first period' if p.provider == 'azure' else 'bucket'}, "
         f"{p.demand_tokens / minute:.1f} minutes of quota, all submitted at once"
     )
     return Panel(text, title="quotaflow demo", title_align="left", expand=False)
