@@ -30,6 +30,7 @@ lint: install
 	$(BIN)/mypy
 
 bench: install
+	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) -m bench.gate
 	$(PY) -m bench.strategies
 

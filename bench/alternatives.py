@@ -12,7 +12,13 @@ queue (same Redis as quotaflow, no quotaflow code):
   read then add in two Redis calls, a fixed 10 s requeue when refused and 20 s after a
   failed call.
 
-`run_pacer` is the fifth: one process, asyncio, paced like the OpenAI cookbook's
+- `bench.litellm`: LiteLLM's Router as its docs set it up for several instances: one
+  Router per worker process, the deployment's `tpm`/`rpm` on it, `routing_strategy=
+  "usage-based-routing-v2"`, its usage counters in the shared Redis; a refusal (the
+  Router's own or the provider's 429) is retried like `bench.naive`. Needs the `bench`
+  extra (`pip install -e '.[bench]'`).
+
+`run_pacer` is the sixth: one process, asyncio, paced like the OpenAI cookbook's
 `api_request_parallel_processor.py`. No Celery.
 
 Every time constant is given in real seconds and divided by the run's time scale (`scale`
@@ -40,6 +46,16 @@ import openai
 import redis
 from celery import Celery
 from kombu import Queue
+
+# LiteLLM fetches its model price list from the network at import unless told not to.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+try:
+    import litellm
+    from litellm import Router
+
+    HAVE_LITELLM = True
+except ImportError:  # the `bench` extra is not installed: its strategy is skipped
+    HAVE_LITELLM = False
 
 QUEUE = "bench.alt"
 #: Celery's documented retry example: `retry_kwargs={"max_retries": 5}`.
@@ -169,6 +185,66 @@ def naive(self: Any, body: dict[str, Any], rid: str, p: dict[str, Any]) -> None:
 )
 def ratelimited(self: Any, body: dict[str, Any], rid: str, p: dict[str, Any]) -> None:
     _call_or_backoff(self, body, rid, p)
+
+
+_routers: dict[tuple[int, str], Any] = {}
+
+
+def _router(p: dict[str, Any]) -> Any:
+    """One LiteLLM Router per worker process and run (a fresh deployment id per run, so
+    that no run sees another's per-minute counters)."""
+    key = (os.getpid(), p["run"])
+    with _lock:
+        router = _routers.get(key)
+        if router is None:
+            url = httpx.URL(p["redis_url"])
+            params: dict[str, Any] = {
+                "model": f"{p['kind']}/{p['model']}",
+                "api_key": p["api_key"],
+                "api_base": p["base_url"] if p["kind"] == "azure" else p["base_url"] + "/v1",
+                "timeout": 10.0,
+            }
+            if p["kind"] == "azure":
+                params["api_version"] = p["api_version"]
+            router = Router(
+                model_list=[{
+                    "model_name": p["model"],
+                    "litellm_params": params,
+                    "tpm": p["tpm"],
+                    "rpm": p["rpm"],
+                    "model_info": {"id": p["run"]},
+                }],
+                routing_strategy="usage-based-routing-v2",
+                redis_host=url.host,
+                redis_port=url.port or 6379,
+                redis_password=url.password or None,
+                num_retries=0,
+                # Its cooldown after failures is a time constant like any other.
+                cooldown_time=5.0 / p["scale"],
+            )  # fmt: skip
+            _routers[key] = router
+        return router
+
+
+@app.task(bind=True, name="bench.litellm", max_retries=NAIVE_MAX_RETRIES)
+def litellm_router(self: Any, body: dict[str, Any], rid: str, p: dict[str, Any]) -> None:
+    if not _live(p):
+        return
+    try:
+        _router(p).completion(model=p["model"], messages=body["messages"],
+                              max_tokens=body["max_tokens"])  # fmt: skip
+    except (litellm.RateLimitError, litellm.RouterRateLimitError) as exc:
+        retries = self.request.retries
+        if retries >= NAIVE_MAX_RETRIES:
+            _finish(p, rid, ok=False)
+            return
+        _count(p, "retries")
+        raise self.retry(
+            countdown=naive_backoff(retries, p["scale"]),
+            max_retries=NAIVE_MAX_RETRIES,
+            exc=RuntimeError(str(exc)[:200]),
+        ) from None
+    _finish(p, rid, ok=True)
 
 
 def article_estimate(body: dict[str, Any]) -> int:

@@ -26,12 +26,13 @@ if TYPE_CHECKING:
 
 BENCH = Path(__file__).resolve().parent
 BEGIN, END = "<!-- strategies:begin -->", "<!-- strategies:end -->"
-ORDER = ("quotaflow", "naive", "ratelimit", "article", "pacer")
+ORDER = ("quotaflow", "naive", "ratelimit", "article", "litellm", "pacer")
 _STYLE = {
     "quotaflow": ("tab:green", "o"),
     "naive": ("tab:red", "s"),
     "ratelimit": ("tab:orange", "^"),
     "article": ("tab:purple", "D"),
+    "litellm": ("tab:brown", "v"),
     "pacer": ("tab:blue", ""),
 }
 _LINESTYLES = ("-", "--", ":", "-.")
@@ -41,6 +42,7 @@ _SHORT = {
     "naive": "naive retry",
     "ratelimit": "Celery rate_limit",
     "article": "article",
+    "litellm": "LiteLLM Router",
     "pacer": "pacer",
 }
 
@@ -100,8 +102,9 @@ def plot_strategies(ctx: Context) -> list[str]:
 # -- the RESULTS.md section ----------------------------------------------------------------
 
 
-def _order(r: RunResult) -> tuple[int, float, float, int]:
-    return ORDER.index(r.strategy), -r.tpm_share, -(r.burst_real or 0), r.workers or 0
+def _order(r: RunResult) -> tuple[int, bool, float, float, int]:
+    bucket = r.limiter != "window"
+    return ORDER.index(r.strategy), bucket, -r.tpm_share, -(r.burst_real or 0), r.workers or 0
 
 
 def _f(value: float | None, fmt: str, missing: str = "—") -> str:
@@ -200,9 +203,12 @@ def render(ctx: Context, runtime_s: float, plots: Sequence[str]) -> str:
         f"requests / RPM) = {lb:.2f} s.",
         f"- Provider: `python -m pipeline.simulator` in its own process, no faults. OpenAI "
         f"policy: a bucket holding {s.minute:g} s of quota (`bucket_seconds`), refilled "
-        f"continuously. Azure policy: windows of {s.check_seconds:.3f} s (10 s compressed, "
-        "`check_seconds`) each admitting 1/6 of a minute's quota; its 60 s minute counter "
-        "never binds in runs this short. Each run starts from a reset (full limits).",
+        f"continuously. Azure policy: token periods of {s.check_seconds:.3f} s (10 s "
+        "compressed, `check_seconds`) each admitting 1/6 of a minute's tokens, request "
+        f"periods of {s.request_check_seconds:.3f} s (1 s compressed) each admitting 1/60 of "
+        "a minute's requests, all starting at a phase drawn at random at every reset (the "
+        "client cannot know it); its 60 s minute counter never binds in runs this short. "
+        "Each run starts from a reset (full limits).",
         f"- Workers: {', '.join(map(str, s.workers))} worker processes, each `celery worker "
         f"-P threads -c {s.concurrency}` (prefork would mean up to "
         f"{max(s.workers) * s.concurrency} processes on 2 cores). Each fleet is warmed up with "
@@ -214,7 +220,13 @@ def render(ctx: Context, runtime_s: float, plots: Sequence[str]) -> str:
         "backoff base and cap, deferral jitter, longest deferral); `late_tolerance_seconds` "
         "(2 s) and the 1 s inline-wait threshold of `tasks/base.py` are absolute and left "
         "alone. OpenAI: two settings, `burst_seconds` = the provider's bucket (60 s) and "
-        "quotaflow's default (if different). `submit_bodies` estimates "
+        'quotaflow\'s default (if different). Azure: `limiter = "window"` (the default for '
+        '`kind = "azure"`) with `window_seconds` 10 s and `request_window_seconds` 1 s '
+        "(compressed) and a guard band of "
+        f"{_guard_ms():g} ms, not compressed (it covers this host's delay between a call's "
+        "slot and its arrival, not a quota time); and, for comparison, `limiter = "
+        '"bucket"` with `burst_seconds` = the provider\'s period (10 s). `submit_bodies` '
+        "estimates "
         f"a whole chunk before publishing any (here {first:.2f} s on average); every clock "
         "starts at the first publish, for every strategy.",
         "- naive: no gate; on 429 `retry(countdown=uniform(0, min(600, 2**retries)) s)`, "
@@ -227,7 +239,12 @@ def render(ctx: Context, runtime_s: float, plots: Sequence[str]) -> str:
         "refused and 20 s after a 429, no limit. pacer: one asyncio process like the "
         "cookbook's: capacity of one minute refilled by elapsed time, tiktoken (cl100k) "
         "estimate + max_tokens, 15 s pause after a 429, 5 attempts, limits = the full quota; "
-        "no workers, so its one run per policy appears in every table of that policy.",
+        "no workers, so its one run per policy appears in every table of that policy. "
+        "LiteLLM: its `Router` as documented for several instances: one per worker process, "
+        "the deployment's `tpm`/`rpm` = the quota, `routing_strategy=\"usage-based-routing-"
+        'v2"`, its counters in the shared Redis (`redis_host`/`redis_port`), `num_retries=0`, '
+        "`cooldown_time` 5 s compressed; a refusal (its own or the provider's 429) is retried "
+        "like naive. Its counters are per wall-clock minute and cannot be compressed.",
         "",
         "### Columns",
         "",
@@ -312,71 +329,47 @@ def reading(ctx: Context) -> list[str]:
     )
     if azure:
         out += [
-            "quotaflow, Azure-style policy, by setting (burst in real seconds; the windows are "
-            f"10 s; a burst under {ctx.azure_min_burst:g} s cannot hold the largest request, "
-            "which quotaflow would refuse as never admissible). The last setting also lowers "
-            f"the gate's TPM to {ctx.azure_safe_share:.0%} of the quota, (window allowance − "
-            "largest request) ÷ window allowance: at that rate a token bucket cannot overfill "
-            "a window.",
+            "quotaflow, Azure-style policy, by limiter, against the targets (0 429s, util ≥ "
+            "0.90, aim 0.95):",
             "",
-            "| burst s | gate TPM | workers | 429s | 429 share | util | ÷LB | msgs/req |",
-            "|--:|--:|--:|--:|--:|--:|--:|--:|",
+            "| limiter | workers | 429s (tokens/requests) | 429 share | util | ÷LB | msgs/req "
+            "| verdict |",
+            "|---|--:|--:|--:|--:|--:|--:|---|",
         ]
-        out += [
-            f"| {r.burst_real:g} | {r.tpm_share:.0%} | {r.workers} | {r.refused_429} "
-            f"| {r.share_429:.1%} | {r.utilization:.2f} | {r.span / r.lower_bound:.2f} "
-            f"| {_f(r.messages, '.2f')} |"
-            for r in azure
-        ]
-        out += ["", _azure_verdict(azure), ""]
+        for r in azure:
+            name = (
+                f"window (guard {_guard_ms():g} ms)"
+                if r.limiter == "window"
+                else f"bucket, burst {r.burst_real:g} s"
+            )
+            missed = [k for k, ok in (("429s", r.refused_429 == 0),
+                                      ("util", r.utilization >= 0.90)) if not ok]  # fmt: skip
+            verdict = "met" if not missed else "missed " + ", ".join(missed)
+            if not missed and r.utilization >= 0.95:
+                verdict += " (util ≥ 0.95 too)"
+            by = f"{r.refused_by.get('tokens', 0)}/{r.refused_by.get('requests', 0)}"
+            out.append(
+                f"| {name} | {r.workers} | {r.refused_429} ({by}) | {r.share_429:.1%} "
+                f"| {r.utilization:.2f} | {r.span / r.lower_bound:.2f} "
+                f"| {_f(r.messages, '.2f')} | {verdict} |"
+            )
+        out.append("")
     out += _summary(ctx)
     out += _notes(ctx)
     return out
 
 
-def _azure_verdict(azure: list[RunResult]) -> str:
-    settings: dict[tuple[float, float], list[RunResult]] = {}
-    for r in azure:
-        settings.setdefault((r.tpm_share, r.burst_real or 0.0), []).append(r)
-    clean = {k: v for k, v in settings.items() if all(r.refused_429 == 0 for r in v)}
-    full = sorted(b for (share, b) in clean if share >= 0.999)
-    text = (
-        "At the full TPM, 0 429s at every worker count with burst "
-        + ", ".join(f"{b:g} s" for b in full)
-        if full
-        else "At the full TPM no burst setting reached 0 429s at every worker count"
-    )
-    if settings:
-        best = min(
-            ((k, v) for k, v in settings.items() if k[0] >= 0.999),
-            key=lambda kv: sum(r.refused_429 for r in kv[1]),
-            default=None,
-        )
-        if best is not None and not full:
-            (_, b), runs = best
-            text += (
-                f" (fewest with burst {b:g} s: {sum(r.refused_429 for r in runs)} in all, "
-                f"utilization {min(r.utilization for r in runs):.2f}-"
-                f"{max(r.utilization for r in runs):.2f})"
-            )
-    for (share, b), runs in settings.items():
-        if share >= 0.999:
-            continue
-        per_w = ", ".join(f"{r.refused_429} with {r.workers}" for r in runs)
-        text += (
-            f". With the gate at {share:.0%} of TPM (burst {b:g} s): 429s {per_w} worker "
-            f"processes, at a utilization of {min(r.utilization for r in runs):.2f}-"
-            f"{max(r.utilization for r in runs):.2f}"
-        )
-    return text + "."
+def _guard_ms() -> float:
+    from bench.strategies import WINDOW_GUARD_SECONDS  # noqa: PLC0415
+
+    return WINDOW_GUARD_SECONDS * 1000
 
 
 def _summary(ctx: Context) -> list[str]:
     """Each strategy over all worker counts, per policy (quotaflow: one setting)."""
-    chosen = {"openai": 60.0, "azure": 10.0}
     out = [
-        "Each strategy over all worker counts (quotaflow: burst 60 s on the bucket, 10 s on "
-        "the windows, full TPM):",
+        "Each strategy over all worker counts (quotaflow: burst 60 s on the bucket; the "
+        "window limiter on the windows):",
         "",
         "| policy | strategy | 429s | worst 429 share | util | every request done | msgs/req |",
         "|---|---|--:|--:|--:|---|--:|",
@@ -387,7 +380,7 @@ def _summary(ctx: Context) -> list[str]:
                 r for r in ctx.results
                 if r.policy == policy and r.strategy == strategy
                 and r.tpm_share >= 0.999
-                and (r.strategy != "quotaflow" or r.burst_real == chosen[policy])
+                and (r.strategy != "quotaflow" or _chosen(r))
             ]  # fmt: skip
             if not runs:
                 continue
@@ -401,6 +394,12 @@ def _summary(ctx: Context) -> list[str]:
                 f"| {f'{min(msgs):.2f}-{max(msgs):.2f}' if msgs else 'n/a'} |"
             )
     return [*out, ""]
+
+
+def _chosen(r: RunResult) -> bool:
+    if r.policy == "azure":
+        return r.limiter == "window"
+    return r.burst_real == 60.0
 
 
 def _notes(ctx: Context) -> list[str]:
@@ -442,18 +441,38 @@ def _notes(ctx: Context) -> list[str]:
         "the worker thread (`INLINE_WAIT_SECONDS` in `tasks/base.py`), so at this "
         "compression most requests are never deferred and msgs/req stays near 1; at real "
         "time scales more of them would take their one deferral (at most 2 messages each).",
-        "- quotaflow, Azure windows: under a backlog the gate books at its full rate, and a "
-        "token bucket at the full rate can put up to one request more than a window's "
-        "allowance into a window, whatever its burst, because bucket and windows are not "
-        "aligned; the burst only matters for the first window. "
-        + _after_429()
-        + " Lowering the gate's TPM to (allowance − largest request) ÷ allowance removes the "
-        "overfill in principle, at that cost in utilization, but leaves no margin for "
-        "calls that reach the provider late and land in the next window; at this "
-        f"compression a 50 ms delay is {0.05 * k:g} s of real time ({0.05 * k / 10:.0%} of a "
-        "window), so that setting can still see a few 429s when the host's CPU is "
-        "saturated. What would close it at a smaller cost: a window-aware mode for Azure "
-        "deployments (count per fixed window with one largest request of headroom).",
+        "- quotaflow, Azure windows, bucket limiter: under a backlog the gate books at its "
+        "full rate, and a token bucket at the full rate can put up to one request more than "
+        "a window's allowance into a window, whatever its burst, because bucket and windows "
+        "are not aligned; the burst only matters for the first window. " + _after_429(),
+        "- quotaflow, Azure windows, window limiter: the gate keeps one period's allowance "
+        "in every interval of a period's length at any phase, which is what the provider "
+        "checks: it admits nothing a period would refuse if the calls arrived at their "
+        "slots. Its windows are the provider's plus the guard band, so a call may reach the "
+        "provider up to the guard after its slot; that costs guard ÷ (period + guard) of "
+        f"the rate: {_guard_ms():g} ms of {ctx.scale.check_seconds * 1000:.0f} ms here "
+        f"({_guard_ms() / (_guard_ms() + ctx.scale.check_seconds * 1000):.1%}), 0.25 s of "
+        "10 s (2.4%) with the default at real time. A call later than the guard can land "
+        "in the next period, which is where any 429 in its rows comes from: a host whose "
+        "CPU is saturated (the CPU column) delays calls by more than the guard, which at "
+        "this compression stands for "
+        f"{_guard_ms() * k / 1000:g} s of real time. After such a 429 the rate factor "
+        "(x0.85) lowers every later window's allowance, which costs utilization for the "
+        "rest of the run. The rest of the gap to 1.00 is the start and end of the run (the "
+        "first and last periods begun count whole) and periods that end with less left "
+        "than any waiting request (small ones fill what they can). A request is deferred "
+        "at most once for its slot, so msgs/req stays at or under 2.",
+        "- LiteLLM Router: usage-based-routing-v2 counts tokens and requests per wall-clock "
+        "minute in Redis and routes away from (or refuses) a deployment over its `tpm`/"
+        "`rpm`; with one deployment that is a per-minute admission check. It counts a "
+        "request's prompt tokens before the call and its actual usage after it, not the "
+        "prompt + max_tokens the provider charges at arrival, and a minute counter cannot "
+        "see a 10 s (or here 0.33 s) period: nothing spreads the minute's quota over the "
+        "minute, so calls go out as fast as workers take them and the provider refuses "
+        "what overfills its bucket or period; those are retried like naive. At this "
+        "compression its minute is 30 provider minutes, so its check never binds; at real "
+        "time it would let a minute's quota out at once, which an Azure period refuses all "
+        "the same.",
         f"- Compression: latency, CPU costs, the 1 s inline-wait threshold and the 2 s "
         f"`late_tolerance_seconds` are absolute, so here they weigh {k:g}x more against the "
         "quota's time scale than in real use; Celery's and Redis's per-message costs do too.",
@@ -466,24 +485,22 @@ def _after_429() -> str:
     from budget import gate  # noqa: PLC0415
 
     down = getattr(gate, "_FACTOR_DECREASE", None)
-    up = getattr(gate, "_FACTOR_INCREASE", None)
+    regain = getattr(gate, "_FACTOR_REGAIN_PER_SECOND", None)
     floor = getattr(gate, "_FACTOR_FLOOR", None)
     base = (
-        "After a 429, `Gate.cooldown` (`budget/lua/push.lua`) only moves a bucket later "
+        "After a 429, `Gate.cooldown` (`budget/lua/cooldown.lua`) only moves a bucket later "
         "than it already is, and with bookings ahead it already is; the refused request "
         "keeps its charge (estimate accounting refunds nothing) and is booked again at the "
         "back."
     )
-    if down is None or up is None:
+    if down is None or regain is None:
         return base
-    climb = (1 - (floor or 0)) / up
     return (
-        f"{base} The gate also multiplies its rate by {down:g} per 429 (not below "
-        f"{floor:g}) and wins back {up:g} per success (AIMD, `budget/gate.py`): fewer "
-        "429s, at the price of running below the quota after them, which is where most "
-        "of the utilization goes. Every 429 multiplies again, including the several "
-        "refusals of one overfilled window, and climbing back from the floor takes "
-        f"{climb:.0f} successes, about as many requests as a whole run here."
+        f"{base} The gate also multiplies its rate by {down:g} once per overload (not "
+        f"below {floor:g}) and wins back {regain:g} of the rate per second after it "
+        "(`budget/gate.py`): fewer 429s, at the price of running below the quota for a "
+        "while after them. A neighbour's share, learned from the provider's headers, is "
+        "what stops the next ones."
     )
 
 

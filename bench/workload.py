@@ -32,8 +32,10 @@ _PROMPT_SIGMA = 1.1
 _PROMPT_MIN_CHARS = 40
 _PROMPT_MAX_CHARS = 24_000
 MODEL = "gpt-4o-mini"
-#: The Azure-style provider checks sub-minute windows of this many real seconds.
+#: The Azure-style provider counts tokens over periods of this many real seconds...
 AZURE_CHECK_REAL_SECONDS = 10.0
+#: ...and requests over periods of this many.
+AZURE_REQUEST_CHECK_REAL_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,10 @@ class Scale:
     @property
     def check_seconds(self) -> float:
         return AZURE_CHECK_REAL_SECONDS / self.scale
+
+    @property
+    def request_check_seconds(self) -> float:
+        return AZURE_REQUEST_CHECK_REAL_SECONDS / self.scale
 
 
 @dataclass(frozen=True)

@@ -25,15 +25,23 @@ class BudgetStoreError(BudgetError):
 class NeverAdmissible(BudgetError):
     """The request costs more than the deployment can ever admit at once."""
 
-    def __init__(self, *, deployment: str, dimension: str, requested: float, capacity: float):
+    def __init__(
+        self,
+        *,
+        deployment: str,
+        dimension: str,
+        requested: float,
+        capacity: float,
+        hint: str = "tpm/rpm x burst_seconds/60; lower max_tokens or the prompt, or raise "
+        "burst_seconds",
+    ):
         self.deployment = deployment
         self.dimension = dimension
         self.requested = requested
         self.capacity = capacity
         super().__init__(
             f"request needs {requested:g} {dimension} but deployment {deployment!r} admits at "
-            f"most {capacity:g} {dimension} at once (tpm/rpm x burst_seconds/60); lower "
-            "max_tokens or the prompt, or raise burst_seconds"
+            f"most {capacity:g} {dimension} at once ({hint})"
         )
 
 

@@ -18,6 +18,7 @@ import redis
 from budget.errors import NeverAdmissible
 from budget.keys import DeploymentKeys, deployment_keys
 from budget.store import ScriptStore
+from budget.window import Windows, window_state
 from settings import DeploymentSettings, SettingsError
 
 log = logging.getLogger(__name__)
@@ -169,6 +170,8 @@ class _Limits:
     request_interval_us: float
     token_tolerance_us: float
     request_tolerance_us: float
+    #: The window limiter's windows; None for a bucket.
+    windows: Windows | None = None
 
 
 class Gate:
@@ -209,6 +212,7 @@ class Gate:
                 request_interval_us=request_interval,
                 token_tolerance_us=dep.token_capacity * token_interval,
                 request_tolerance_us=dep.request_capacity * request_interval,
+                windows=Windows.of(dep),
             )
 
     def limits(self, deployment: str) -> _Limits:
@@ -244,17 +248,31 @@ class Gate:
             return Decision(
                 Outcome.NEVER, now=self.store.time(), dimension=exc.dimension, error=exc
             )
-        code, now_us, start_us, wait_us, binding = self.store.run(
-            "reserve",
-            [
+        if lim.windows is not None:
+            script = "window"
+            keys = [
+                lim.keys.window,
+                lim.keys.cooldown,
+                lim.keys.rate,
+                lim.keys.log,
+                lim.keys.epoch,
+                lim.keys.booking(rid),
+            ]
+            args = lim.windows.reserve_args(
+                tokens=tokens, requests=requests, horizon_us=int(self.horizon_seconds * _US),
+                log=self.admission_log, log_max=_LOG_MAX, reservation_id=rid,
+            )  # fmt: skip
+        else:
+            script = "reserve"
+            keys = [
                 lim.keys.tokens,
                 lim.keys.requests,
                 lim.keys.log,
                 lim.keys.rate,
                 lim.keys.epoch,
                 lim.keys.booking(rid),
-            ],
-            [
+            ]
+            args = [
                 tokens,
                 requests,
                 repr(lim.token_interval_us),
@@ -265,11 +283,13 @@ class Gate:
                 "1" if self.admission_log else "0",
                 _LOG_MAX,
                 rid,
-                _BOOKING_GRACE_MS,
-                self.rate_regain_per_second,
-                int(self.inline_seconds * _US),
-            ],
-        )
+            ]
+        # Both scripts end alike: the booking marker, the AIMD regain, and what
+        # counts as started now (see reserve.lua).
+        args += [
+            _BOOKING_GRACE_MS, repr(self.rate_regain_per_second), int(self.inline_seconds * _US),
+        ]  # fmt: skip
+        code, now_us, start_us, wait_us, binding = self.store.run(script, keys, args)
         now = now_us / _US
         dimension = _DIMENSIONS.get(int(binding))
         if code == 3:
@@ -278,8 +298,9 @@ class Gate:
             if dimension == "requests":
                 cost, cap = (requests, lim.settings.request_capacity)
             err = NeverAdmissible(
-                deployment=deployment, dimension=dimension or "tokens", requested=cost, capacity=cap
-            )
+                deployment=deployment, dimension=dimension or "tokens", requested=cost,
+                capacity=cap, hint=lim.settings.capacity_hint,
+            )  # fmt: skip
             return Decision(Outcome.NEVER, now=now, dimension=dimension, error=err)
         if code == 2:
             return Decision(Outcome.WAIT, now=now, wait=wait_us / _US, dimension=dimension)
@@ -322,6 +343,17 @@ class Gate:
         if lim.settings.accounting_mode != "actual":
             return True
         delta = actual_tokens - reservation.tokens
+        if lim.windows is not None:
+            if delta <= 0:
+                # A window's starts stand: a refund would let a window hold more than
+                # the provider may already have counted in it.
+                return True
+            _, applied = self.store.run(
+                "window_push",
+                [lim.keys.window, lim.keys.settled(reservation.id)],
+                lim.windows.push_args(extra_tokens=delta, settled_ttl=_SETTLED_TTL_SECONDS),
+            )
+            return bool(applied)
         if delta == 0:
             return True
         applied = self.store.run(
@@ -351,12 +383,14 @@ class Gate:
         seconds = min(max(0.0, seconds), self.max_cooldown_seconds)
         offset_us = seconds * _US
         log.warning("deployment %s: provider 429, cooling down %.2fs", deployment, seconds)
+        # Window limiter: the cooldown marker is the floor before which nothing starts.
+        window = lim.windows is not None
         self.store.run(
             "cooldown",
             [lim.keys.tokens, lim.keys.requests, lim.keys.cooldown, lim.keys.rate, lim.keys.epoch],
             [
-                repr(offset_us + lim.token_tolerance_us),
-                repr(offset_us + lim.request_tolerance_us),
+                "" if window else repr(offset_us + lim.token_tolerance_us),
+                "" if window else repr(offset_us + lim.request_tolerance_us),
                 max(1, math.ceil(seconds * 1000)),
                 _FACTOR_DECREASE,
                 _FACTOR_FLOOR,
@@ -376,6 +410,25 @@ class Gate:
         """
         lim = self.limits(deployment)
         lower = {k.lower(): v for k, v in headers.items()}
+        if lim.windows is not None:
+            # "Remaining" is what the provider's window still admits; usage beyond the
+            # gate's own starts of the last window (someone else's) is added at the back
+            # of the line: in window mode, that is how a neighbour is left its share.
+            _, moved = self.store.run(
+                "window_push",
+                [lim.keys.window, lim.keys.settled("-")],
+                lim.windows.push_args(
+                    remaining_tokens=_number(lower.get("x-ratelimit-remaining-tokens")),
+                    remaining_requests=_number(lower.get("x-ratelimit-remaining-requests")),
+                ),
+            )
+        else:
+            moved = self._observe_buckets(lim, lower)
+        if moved:
+            log.info("deployment %s: provider reports less quota left; gate tightened", deployment)
+        return bool(moved)
+
+    def _observe_buckets(self, lim: _Limits, lower: Mapping[str, str]) -> int:
         dep = lim.settings
         args: list[str] = []
         left: list[str] = []
@@ -403,9 +456,7 @@ class Gate:
                 _FACTOR_FLOOR,
             ],
         )
-        if moved:
-            log.info("deployment %s: provider reports less quota left; gate tightened", deployment)
-        return bool(moved)
+        return int(moved)
 
     def snapshot(self, deployment: str) -> BudgetSnapshot:
         lim = self.limits(deployment)
@@ -421,6 +472,25 @@ class Gate:
         def available(tat: int, tolerance: float, interval: float, capacity: float) -> float:
             return max(0.0, min(capacity, (tolerance - max(0, tat - now_us)) / interval))
 
+        if lim.windows is not None:
+            state = window_state(
+                lim.windows, self.store.zrange(lim.keys.window), now_us=now_us,
+                cooldown_us=cool_us, factor=token_factor,
+            )  # fmt: skip
+            return BudgetSnapshot(
+                deployment=deployment,
+                now=now_us / _US,
+                tokens_available=state.tokens_available,
+                tokens_capacity=dep.token_capacity,
+                requests_available=state.requests_available,
+                requests_capacity=dep.request_capacity,
+                booked_ahead_seconds=state.booked_ahead_seconds,
+                cooldown_seconds=max(0.0, (cool_us - now_us) / _US),
+                rate_factor=token_factor,
+                request_rate_factor=request_factor,
+                effective_tpm=dep.tpm * token_factor,
+                effective_rpm=dep.rpm * request_factor,
+            )
         ahead = max(tok_us - lim.token_tolerance_us, req_us - lim.request_tolerance_us) - now_us
         return BudgetSnapshot(
             deployment=deployment,
@@ -443,6 +513,24 @@ class Gate:
             effective_rpm=dep.rpm * request_factor,
         )
 
+    def release(self, reservation: Reservation) -> None:
+        """Give back a booked slot that will not be used (its call was never sent).
+
+        The window limiter drops the start, so the rest of its window can be used; a
+        bucket cannot give back a past slot, and keeps it (conservative).
+        """
+        lim = self.limits(reservation.deployment)
+        if lim.windows is not None:
+            member = f"{reservation.tokens} {reservation.requests} {reservation.id}"
+            self.store.zrem(lim.keys.window, member)
+
+    def late_tolerance(self, deployment: str, default: float) -> float:
+        """How late a booked call may start and still use its slot: `default` for a
+        bucket; the guard band for a window limiter (later, it would count in the
+        provider's next window)."""
+        windows = self.limits(deployment).windows
+        return default if windows is None else windows.guard_seconds
+
     def now(self) -> float:
         """The Redis server's clock, in seconds."""
         return self.store.time()
@@ -457,15 +545,17 @@ class Gate:
 
 
 def check_admissible(dep: DeploymentSettings, *, tokens: int, requests: int = 1) -> None:
-    """Raise NeverAdmissible when a cost exceeds the deployment's burst in any dimension."""
+    """Raise NeverAdmissible when a cost exceeds the deployment's burst (or a window's
+    allowance) in any dimension."""
     for dimension, cost, capacity in (
         ("tokens", tokens, dep.token_capacity),
         ("requests", requests, dep.request_capacity),
     ):
         if cost > capacity:
             raise NeverAdmissible(
-                deployment=dep.name, dimension=dimension, requested=cost, capacity=capacity
-            )
+                deployment=dep.name, dimension=dimension, requested=cost, capacity=capacity,
+                hint=dep.capacity_hint,
+            )  # fmt: skip
 
 
 def _number(value: str | None) -> float | None:

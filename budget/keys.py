@@ -24,6 +24,9 @@ class DeploymentKeys:
     log: str
     #: Counter moved on by every cooldown: bookings made before it are stale.
     epoch: str
+    #: Window limiter: the starts still inside a window or booked, a sorted set of
+    #: "tokens requests id" scored by start (see window.lua).
+    window: str
     #: Prefix of the per-reservation settled markers.
     settled_prefix: str
     #: Prefix of the per-reservation booking markers (single-use).
@@ -45,6 +48,7 @@ def deployment_keys(prefix: str, deployment: str) -> DeploymentKeys:
         rate=f"{tag}:rate",
         log=f"{tag}:admissions",
         epoch=f"{tag}:epoch",
+        window=f"{tag}:window",
         settled_prefix=f"{tag}:settled:",
         booking_prefix=f"{tag}:booking:",
     )

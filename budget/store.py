@@ -14,7 +14,16 @@ import redis
 
 from budget.errors import BudgetStoreError, BudgetUnavailable
 
-_SCRIPTS = ("reserve", "settle", "cooldown", "observe", "snapshot", "redeem")
+_SCRIPTS = (
+    "reserve",
+    "settle",
+    "cooldown",
+    "observe",
+    "snapshot",
+    "redeem",
+    "window",
+    "window_push",
+)
 #: Error replies that mean "not now" (a restart, a failover, a long script): they
 #: pass, so the gate fails closed and waits. Any other error is a fault to report.
 _PASSING = (
@@ -58,6 +67,20 @@ class ScriptStore:
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise BudgetUnavailable(f"budget store unreachable ({exc})") from exc
         return sec + usec / 1e6
+
+    def zrange(self, key: str) -> list[tuple[bytes, float]]:
+        """A sorted set's members with their scores, lowest first."""
+        try:
+            pairs: Any = self.client.zrange(key, 0, -1, withscores=True)
+            return [(m if isinstance(m, bytes) else str(m).encode(), float(s)) for m, s in pairs]
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise BudgetUnavailable(f"budget store unreachable ({exc})") from exc
+
+    def zrem(self, key: str, member: str) -> None:
+        try:
+            self.client.zrem(key, member)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise BudgetUnavailable(f"budget store unreachable ({exc})") from exc
 
     def lrange(self, key: str) -> list[bytes]:
         try:

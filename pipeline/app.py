@@ -6,6 +6,7 @@ redelivery safe and deferrals cheap is set here in one place.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -121,6 +122,21 @@ def _load_tokenizers(**_: Any) -> None:
     settings = installed.settings
     for dep in settings.deployments if settings is not None else ():
         encoding_for_model(dep.model)
+
+
+@signals.worker_init.connect
+@signals.worker_process_init.connect
+def _build_clients(**_: Any) -> None:
+    # Building a provider client takes ~0.1 s of CPU (TLS context, SDK set-up). Done on
+    # a call's first use, that lands between the gate's slot and the call's arrival at
+    # the provider, where a window limiter has only its guard band to absorb it.
+    from tasks.errors import PermanentProviderError
+    from tasks.provider import client_for
+
+    settings = getattr(app.conf, "quotaflow_settings", None)
+    for dep in settings.deployments if settings is not None else ():
+        with contextlib.suppress(PermanentProviderError):  # no key: the first call says so
+            client_for(dep)
 
 
 def _default_app() -> Celery:

@@ -466,14 +466,19 @@ def metrics(
 def demo(
     requests: Annotated[int, typer.Option(min=10, max=5000, help="requests in the batch")] = 300,
     seed: Annotated[int, typer.Option(help="seed of the generated batch")] = 7,
+    provider: Annotated[
+        str, typer.Option(help="simulated provider: openai (bucket) or azure (10 s/1 s periods)")
+    ] = "openai",
 ) -> None:
     """A batch far over a simulated provider's quota: it runs at the quota, no 429s.
 
     Private Redis, the simulator, two local workers; about a minute and a half.
     """
-    from pipeline.demo import run_demo
+    from pipeline.demo import PROVIDERS, run_demo
 
-    if run_demo(_settings(), requests=requests, seed=seed) == 130:
+    if provider not in PROVIDERS:
+        raise typer.BadParameter(f"expected one of {', '.join(PROVIDERS)}", param_hint="--provider")
+    if run_demo(_settings(), requests=requests, seed=seed, provider=provider) == 130:
         raise typer.Exit(130)
 
 

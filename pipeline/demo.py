@@ -1,8 +1,10 @@
 """`quotaflow demo`: a batch that asks for far more than the quota, and no 429s.
 
-Everything runs on this machine: a private Redis, the simulated provider (OpenAI-style
-token bucket) in this process, two local workers. The quota is chosen from the
-generated batch so that the run takes about a minute and a half at full quota.
+Everything runs on this machine: a private Redis, the simulated provider in this
+process (OpenAI-style token bucket, or with `--provider azure` Azure-style periods:
+tokens per 10 s, requests per 1 s, the minute, at a random phase), two local workers.
+The quota is chosen from the generated batch so that the run takes about a minute and
+a half at full quota.
 """
 
 from __future__ import annotations
@@ -39,6 +41,11 @@ LATE_TOLERANCE_SECONDS = 1.0
 #: Seconds the batch should take at full quota, after the provider's initial burst.
 TARGET_SECONDS = 80.0
 RPM = 900
+#: Simulated providers: how each limits, and the gate's limiter for it.
+PROVIDERS = ("openai", "azure")
+#: Azure counts tokens over 10 s periods (TPM/6 each) and requests over 1 s periods.
+AZURE_PERIOD_SECONDS = 10.0
+AZURE_API_VERSION = "2024-10-21"
 
 _TASKS = (
     "Classify this support ticket as billing, bug, account or other. Ticket:",
@@ -99,24 +106,34 @@ class Plan:
     tpm: int
     rpm: int
 
+    provider: str = "openai"
+
+    @property
+    def burst_seconds(self) -> float:
+        """Seconds of quota the provider admits at once from a standing start."""
+        return AZURE_PERIOD_SECONDS if self.provider == "azure" else PROVIDER_BUCKET_SECONDS
+
     @property
     def provider_burst(self) -> float:
-        return self.tpm * PROVIDER_BUCKET_SECONDS / 60
+        return self.tpm * self.burst_seconds / 60
 
 
-def plan(bodies: list[dict[str, Any]]) -> Plan:
+def plan(bodies: list[dict[str, Any]], provider: str = "openai") -> Plan:
     demand = sum(estimate_request(b, endpoint="chat", context_window=128_000).total for b in bodies)
-    # (demand - initial bucket) / rate = TARGET_SECONDS.
-    tpm = demand * 60 / (TARGET_SECONDS + PROVIDER_BUCKET_SECONDS)
-    return Plan(demand, len(bodies), tpm=int(round(tpm, -3)), rpm=RPM)
+    first = AZURE_PERIOD_SECONDS if provider == "azure" else PROVIDER_BUCKET_SECONDS
+    # (demand - what the provider admits at once) / rate = TARGET_SECONDS.
+    tpm = demand * 60 / (TARGET_SECONDS + first)
+    return Plan(demand, len(bodies), tpm=int(round(tpm, -3)), rpm=RPM, provider=provider)
 
 
 def demo_settings(base: Settings, p: Plan, sim: Simulator, api_key: str) -> Settings:
+    where: dict[str, Any] = {"kind": "compatible", "base_url": sim.url + "/v1"}
+    if p.provider == "azure":
+        # kind azure: the Azure client and path, and the window limiter by default.
+        where = {"kind": "azure", "base_url": sim.url, "api_version": AZURE_API_VERSION}
     dep = DeploymentSettings(
         name="demo",
-        kind="compatible",
         model=MODEL,
-        base_url=sim.url + "/v1",
         api_key=api_key,  # type: ignore[arg-type]
         tpm=p.tpm,
         rpm=p.rpm,
@@ -125,6 +142,7 @@ def demo_settings(base: Settings, p: Plan, sim: Simulator, api_key: str) -> Sett
         timeout_seconds=10.0,
         price_input_per_1m=0.15,
         price_output_per_1m=0.60,
+        **where,
     )
     values = base.model_dump()
     # Always a private Redis: the demo never touches a configured one.
@@ -141,33 +159,49 @@ def _intro(p: Plan) -> Panel:
     minute = p.tpm
     text = Text()
     text.append("provider  ", style="bold")
-    text.append(
-        f"simulated, OpenAI-style bucket: {p.tpm:,} tokens/min, {p.rpm:,} requests/min, "
-        f"holding {PROVIDER_BUCKET_SECONDS:g}s of quota; latency 50-250 ms\n"
-    )
-    text.append("gate      ", style="bold")
-    text.append(f"the same quota, burst {GATE_BURST_SECONDS:g}s, shared in Redis by 2 workers\n")
+    if p.provider == "azure":
+        text.append(
+            f"simulated, Azure-style: {p.tpm:,} tokens/min counted per "
+            f"{AZURE_PERIOD_SECONDS:g}s period, {p.rpm:,} requests/min per 1s period, at a "
+            "phase the client does not know; latency 50-250 ms\n"
+        )
+        text.append("gate      ", style="bold")
+        text.append("the same quota, window limiter (one period's allowance in every "
+                    "period-long interval), shared in Redis by 2 workers\n")  # fmt: skip
+    else:
+        text.append(
+            f"simulated, OpenAI-style bucket: {p.tpm:,} tokens/min, {p.rpm:,} requests/min, "
+            f"holding {PROVIDER_BUCKET_SECONDS:g}s of quota; latency 50-250 ms\n"
+        )
+        text.append("gate      ", style="bold")
+        text.append(
+            f"the same quota, burst {GATE_BURST_SECONDS:g}s, shared in Redis by 2 workers\n"
+        )
     text.append("batch     ", style="bold")
     text.append(
         f"{p.requests} chat requests, {p.demand_tokens:,} tokens estimated: "
-        f"{p.demand_tokens / p.provider_burst:.0f}x the provider's bucket, "
+        f"{p.demand_tokens / p.provider_burst:.0f}x the provider's "
+        f"{'first period' if p.provider == 'azure' else 'bucket'}, "
         f"{p.demand_tokens / minute:.1f} minutes of quota, all submitted at once"
     )
     return Panel(text, title="quotaflow demo", title_align="left", expand=False)
 
 
-def run_demo(base: Settings, *, requests: int = 300, seed: int = 7) -> int:
+def run_demo(
+    base: Settings, *, requests: int = 300, seed: int = 7, provider: str = "openai"
+) -> int:
     """Run the demo; returns the exit code (130 when interrupted)."""
     bodies = make_batch(requests, seed)
-    p = plan(bodies)
+    p = plan(bodies, provider)
     api_key = "sk-demo-" + secrets.token_hex(12)
     console.print(_intro(p))
     sim = Simulator(
         SimulatorConfig(
             tpm=p.tpm,
             rpm=p.rpm,
-            policy="openai",
+            policy=provider,
             bucket_seconds=PROVIDER_BUCKET_SECONDS,
+            check_seconds=AZURE_PERIOD_SECONDS,
             latency_ms=50.0,
             latency_jitter_ms=200.0,
             api_key=api_key,
@@ -216,7 +250,7 @@ def _summary(p: Plan, status: Any, stats: dict[str, Any], elapsed: float) -> Tab
     c = status.counts
     charged = int(stats["tokens_charged"])
     burst = p.provider_burst
-    burst_requests = p.rpm * PROVIDER_BUCKET_SECONDS / 60
+    burst_requests = p.rpm * p.burst_seconds / 60
     bound_tokens = max(0.0, charged - burst) / p.tpm * 60
     bound_requests = max(0.0, c["done"] - burst_requests) / p.rpm * 60
     sustained = max(0.0, charged - burst) / elapsed * 60
@@ -229,12 +263,13 @@ def _summary(p: Plan, status: Any, stats: dict[str, Any], elapsed: float) -> Tab
     t.add_row("provider 429s", f"[{'red' if refused else 'green'}]{refused}[/]")
     t.add_row("tokens charged", f"{charged:,} by the provider (the gate reserved "
               f"{status.tokens_estimated:,})")  # fmt: skip
-    t.add_row("quota", f"{p.tpm:,} tokens/min; the provider's bucket starts full with "
-              f"{burst:,.0f} tokens ({PROVIDER_BUCKET_SECONDS:g}s)")  # fmt: skip
-    t.add_row("achieved", f"{sustained:,.0f} tokens/min beyond that first bucket = "
+    first = "first period admits" if p.provider == "azure" else "bucket starts full with"
+    t.add_row("quota", f"{p.tpm:,} tokens/min; the provider's {first} "
+              f"{burst:,.0f} tokens ({p.burst_seconds:g}s)")  # fmt: skip
+    t.add_row("achieved", f"{sustained:,.0f} tokens/min beyond that first burst = "
               f"[bold]{sustained / p.tpm:.0%}[/] of the quota")  # fmt: skip
     t.add_row("utilization", f"{charged / ceiling:.0%} of the most the provider could admit "
-              f"in {elapsed:.1f}s ({ceiling:,.0f} tokens: bucket + quota x time)")  # fmt: skip
+              f"in {elapsed:.1f}s ({ceiling:,.0f} tokens: first burst + quota x time)")  # fmt: skip
     t.add_row("elapsed", f"{elapsed:.1f}s from submit to the last result")
     which = "tokens" if bound_tokens >= bound_requests else "requests"
     t.add_row(
@@ -244,9 +279,13 @@ def _summary(p: Plan, status: Any, stats: dict[str, Any], elapsed: float) -> Tab
         f"({c['done']} - {burst_requests:.0f}) requests / {p.rpm:,} per min = "
         f"{bound_requests:.1f}s",
     )
-    t.add_row("", "[dim]the bound counts no call latency and the provider's whole bucket; the "
-              f"gate keeps {PROVIDER_BUCKET_SECONDS - GATE_BURST_SECONDS:g}s of it in reserve "
-              "against timing jitter[/]")  # fmt: skip
+    if p.provider == "azure":
+        t.add_row("", "[dim]the bound counts no call latency; the gate's windows are the "
+                  "provider's plus a guard band, against timing jitter[/]")  # fmt: skip
+    else:
+        t.add_row("", "[dim]the bound counts no call latency and the provider's whole bucket; "
+                  f"the gate keeps {PROVIDER_BUCKET_SECONDS - GATE_BURST_SECONDS:g}s of it in "
+                  "reserve against timing jitter[/]")  # fmt: skip
     t.add_row("deferrals", f"{status.deferrals} (postponed by the gate, not refused by the "
               "provider)")  # fmt: skip
     t.add_row("retries", f"{status.retries} (transient provider failures)")

@@ -9,8 +9,14 @@ explicit clock (``now``, monotonic seconds) so they can be tested without sleepi
 
 - ``TokenBucketLimiter`` (OpenAI): per dimension a bucket holding a full minute of
   quota, refilled continuously; a request is admitted iff every bucket holds its charge.
-- ``WindowLimiter`` (Azure OpenAI): fixed per-minute counters plus fixed sub-minute
-  windows of ``check_seconds``, each allowed its share of the minute's quota.
+- ``WindowLimiter`` (Azure OpenAI, pay-as-you-go): tokens counted over fixed periods of
+  ``check_seconds`` (10 s: TPM/6 each), requests over fixed periods of
+  ``request_check_seconds`` (1 s: RPM/60 each), plus the minute counters; every period
+  starts at a phase the client does not know.
+- ``ProvisionedLimiter`` (Azure OpenAI provisioned throughput, PTU): utilization-based.
+  A request is admitted while utilization is below 100%; its estimate is added at
+  arrival and corrected to its actual usage when it completes; utilization drains
+  continuously at the provisioned rate.
 
 Neither is thread-safe: the simulator calls them under its one lock.
 """
@@ -31,7 +37,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-POLICIES = ("openai", "azure")
+POLICIES = ("openai", "azure", "ptu")
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,11 @@ class Limiter(Protocol):
 
     def snapshot(self, now: float) -> Snapshot:
         """The current state, for headers."""
+        ...
+
+    def correct(self, tokens: int, now: float) -> None:
+        """When a call completes: add ``tokens`` (actual - charged; may be negative) to
+        what it is counted for. Only utilization-based limits do."""
         ...
 
 
@@ -146,6 +157,9 @@ class TokenBucketLimiter:
         self._requests.refill(now)
         return self._snap()
 
+    def correct(self, tokens: int, now: float) -> None:
+        """Charges made at arrival stand."""
+
     def _snap(self) -> Snapshot:
         tb, rb = self._tokens, self._requests
         return Snapshot(
@@ -159,20 +173,31 @@ class TokenBucketLimiter:
 
 
 class WindowLimiter:
-    """Azure-style: fixed minute counters plus fixed ``check_seconds`` windows.
+    """Azure-style: fixed token periods, fixed request periods and minute counters.
 
-    Windows are aligned to ``now`` at construction. Each sub-minute window may use
-    ``check_seconds / 60`` of the minute's quota (at least one request), which is why
-    a client that bursts a whole minute's tokens at once is refused on Azure.
+    Every period starts ``phase`` seconds before a multiple of its length from
+    ``now`` at construction (0 = aligned to construction). A token period may hold
+    ``check_seconds / 60`` of the minute's tokens, a request period
+    ``request_check_seconds / 60`` of its requests (at least one), which is why a
+    client that bursts a whole minute's quota at once is refused on Azure.
     """
 
-    def __init__(self, *, tpm: int, rpm: int, check_seconds: float, now: float) -> None:
+    def __init__(
+        self,
+        *,
+        tpm: int,
+        rpm: int,
+        check_seconds: float,
+        now: float,
+        request_check_seconds: float = 1.0,
+        phase: float = 0.0,
+    ) -> None:
         self._tpm, self._rpm = tpm, rpm
-        self._check = check_seconds
+        self._check, self._request_check = check_seconds, request_check_seconds
         self._window_tpm = tpm * check_seconds / 60.0
-        self._window_rpm = max(1.0, rpm * check_seconds / 60.0)
-        self._origin = now
-        self._minute = self._window = -1
+        self._window_rpm = max(1.0, rpm * request_check_seconds / 60.0)
+        self._origin = now - phase
+        self._minute = self._window = self._request_window = -1
         self._minute_tokens = self._minute_requests = 0
         self._window_tokens = self._window_requests = 0
 
@@ -186,11 +211,11 @@ class WindowLimiter:
         if minute_t or minute_r:
             dim = "tokens" if minute_t else "requests"
             return Verdict(False, self._minute_left(now), dim, False, self._snap(now))
-        window_t = self._window_tokens + tokens > self._window_tpm
-        window_r = self._window_requests + requests > self._window_rpm
-        if window_t or window_r:
-            dim = "tokens" if window_t else "requests"
-            return Verdict(False, self._window_left(now), dim, False, self._snap(now))
+        if self._window_tokens + tokens > self._window_tpm:
+            return Verdict(False, self._left(now, self._check), "tokens", False, self._snap(now))
+        if self._window_requests + requests > self._window_rpm:
+            wait = self._left(now, self._request_check)
+            return Verdict(False, wait, "requests", False, self._snap(now))
         self._charge(tokens, requests)
         return Verdict(True, 0.0, None, False, self._snap(now))
 
@@ -207,6 +232,9 @@ class WindowLimiter:
         self._roll(now)
         return self._snap(now)
 
+    def correct(self, tokens: int, now: float) -> None:
+        """Charges made at arrival stand."""
+
     def _charge(self, tokens: int, requests: int) -> None:
         self._minute_tokens += tokens
         self._window_tokens += tokens
@@ -216,20 +244,24 @@ class WindowLimiter:
     def _roll(self, now: float) -> None:
         elapsed = max(0.0, now - self._origin)
         minute, window = int(elapsed // 60.0), int(elapsed // self._check)
+        request_window = int(elapsed // self._request_check)
         if minute != self._minute:
             self._minute, self._minute_tokens, self._minute_requests = minute, 0, 0
         if window != self._window:
-            self._window, self._window_tokens, self._window_requests = window, 0, 0
+            self._window, self._window_tokens = window, 0
+        if request_window != self._request_window:
+            self._request_window, self._window_requests = request_window, 0
 
     def _minute_left(self, now: float) -> float:
         return self._origin + (self._minute + 1) * 60.0 - now
 
-    def _window_left(self, now: float) -> float:
-        return self._origin + (self._window + 1) * self._check - now
+    def _left(self, now: float, period: float) -> float:
+        elapsed = now - self._origin
+        return (math.floor(elapsed / period) + 1) * period - elapsed
 
     def _snap(self, now: float) -> Snapshot:
         left = self._minute_left(now)
-        # Azure reports the minute counters; the sub-minute checks are invisible to clients.
+        # Azure reports the minute counters; the shorter periods are invisible to clients.
         return Snapshot(
             limit_tokens=self._tpm,
             limit_requests=self._rpm,
@@ -240,6 +272,69 @@ class WindowLimiter:
         )
 
 
+class ProvisionedLimiter:
+    """Azure provisioned throughput (PTU): utilization-based, no request limit.
+
+    Utilization is a level of tokens draining at ``tpm / 60`` per second; 100% is
+    ``bucket_seconds`` of that. A request is admitted while utilization is below 100%
+    (it may then go over); its charge (the estimate) is added at arrival and corrected
+    by ``correct`` to its actual usage when it completes.
+    """
+
+    def __init__(self, *, tpm: int, now: float, bucket_seconds: float = 60.0) -> None:
+        self._rate = tpm / 60.0
+        self._capacity = self._rate * bucket_seconds
+        self._tpm = tpm
+        self._level = 0.0
+        self._stamp = now
+
+    def _drain(self, now: float) -> None:
+        if now > self._stamp:
+            self._level = max(0.0, self._level - (now - self._stamp) * self._rate)
+            self._stamp = now
+
+    def admit(self, tokens: int, requests: int, now: float) -> Verdict:
+        self._drain(now)
+        if tokens > self._capacity:
+            return Verdict(False, self._capacity / self._rate, "tokens", True, self._snap())
+        if self._level >= self._capacity:
+            wait = (self._level - self._capacity) / self._rate + 0.001
+            return Verdict(False, wait, "tokens", False, self._snap())
+        self._level += tokens
+        return Verdict(True, 0.0, None, False, self._snap())
+
+    def take(self, tokens: int, now: float) -> int:
+        self._drain(now)
+        taken = min(tokens, math.floor(self._capacity - self._level))
+        if taken <= 0:
+            return 0
+        self._level += taken
+        return taken
+
+    def snapshot(self, now: float) -> Snapshot:
+        self._drain(now)
+        return self._snap()
+
+    def correct(self, tokens: int, now: float) -> None:
+        self._drain(now)
+        self._level = max(0.0, self._level + tokens)
+
+    def _snap(self) -> Snapshot:
+        left = max(0.0, self._capacity - self._level)
+        return Snapshot(
+            limit_tokens=self._tpm,
+            limit_requests=0,
+            remaining_tokens=math.floor(left),
+            remaining_requests=0,
+            reset_tokens=self._level / self._rate,
+            reset_requests=0.0,
+        )
+
+    @property
+    def utilization(self) -> float:
+        return self._level / self._capacity
+
+
 def make_limiter(
     policy: str,
     *,
@@ -248,12 +343,20 @@ def make_limiter(
     check_seconds: float,
     now: float,
     bucket_seconds: float = 60.0,
+    request_check_seconds: float = 1.0,
+    phase: float = 0.0,
 ) -> Limiter:
-    """Build the limiter for ``policy`` ("openai" or "azure") with full quota at ``now``."""
+    """Build the limiter for ``policy`` ("openai", "azure" or "ptu") with full quota at
+    ``now``; Azure's periods start ``phase`` seconds before ``now``."""
     if policy == "openai":
         return TokenBucketLimiter(tpm=tpm, rpm=rpm, now=now, bucket_seconds=bucket_seconds)
     if policy == "azure":
-        return WindowLimiter(tpm=tpm, rpm=rpm, check_seconds=check_seconds, now=now)
+        return WindowLimiter(
+            tpm=tpm, rpm=rpm, check_seconds=check_seconds, now=now,
+            request_check_seconds=request_check_seconds, phase=phase,
+        )  # fmt: skip
+    if policy == "ptu":
+        return ProvisionedLimiter(tpm=tpm, now=now, bucket_seconds=bucket_seconds)
     raise ValueError(f"unknown policy {policy!r}; expected one of {POLICIES}")
 
 
@@ -385,13 +488,14 @@ class Call:
     prompt_tokens: int
     output_limit: int = 0  # per choice, as charged
     n: int = 1
+    best_of: int = 1  # completions generated per choice asked (charged like n)
     explicit_limit: bool = False
     inputs: tuple[str | tuple[int, ...], ...] = ()
     as_base64: bool = False
 
     @property
     def charge(self) -> int:
-        return self.prompt_tokens + self.output_limit * self.n
+        return self.prompt_tokens + self.output_limit * max(self.n, self.best_of)
 
 
 def _char_tokens(text: str) -> int:
@@ -447,6 +551,7 @@ def parse_call(kind: str, deployment: str | None, body: bytes, default_max: int)
             prompt_tokens=math.ceil(sum(len(t) for t in texts) / 4),
             output_limit=limit or default_max,
             n=_positive_int(data, "n") or 1,
+            best_of=_positive_int(data, "best_of") or 1,
             explicit_limit=limit is not None,
         )
     raw = data.get("input")

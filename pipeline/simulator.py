@@ -33,7 +33,7 @@ import threading
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType, TracebackType
@@ -76,12 +76,19 @@ class SimulatorConfig:
     tpm: int = 30_000
     #: Requests per minute.
     rpm: int = 600
-    #: "openai" (buckets holding a minute of quota) or "azure" (minute + sub-minute windows).
+    #: "openai" (buckets holding a minute of quota), "azure" (minute counters plus
+    #: token and request periods) or "ptu" (Azure provisioned throughput: utilization).
     policy: str = "openai"
-    #: Azure policy: length of the sub-minute windows, aligned to the server start.
+    #: Azure policy: length of the token periods (TPM x check_seconds / 60 each).
     check_seconds: float = 10.0
+    #: Azure policy: length of the request periods (RPM x request_check_seconds / 60 each).
+    request_check_seconds: float = 1.0
+    #: Azure policy: seconds between the start of the minute (and of every period) and
+    #: the moment the limits are built or reset; None draws it at random each time.
+    phase_seconds: float | None = None
     #: OpenAI policy: seconds of quota the buckets hold (60 = a full minute, as
     #: OpenAI does; less makes a provider that runs out sooner, for short tests).
+    #: PTU policy: seconds of the provisioned rate that make 100% utilization.
     bucket_seconds: float = 60.0
     #: Base latency of an admitted request.
     latency_ms: float = 150.0
@@ -114,13 +121,17 @@ class SimulatorConfig:
 #: Fields that ``Simulator.configure`` and ``POST /admin/config`` may change.
 RUNTIME_FIELDS = frozenset(
     {
-        "tpm", "rpm", "policy", "check_seconds", "bucket_seconds", "latency_ms",
+        "tpm", "rpm", "policy", "check_seconds", "request_check_seconds", "phase_seconds",
+        "bucket_seconds", "latency_ms",
         "latency_jitter_ms",
         "output_token_ms", "fail_5xx_rate", "timeout_rate", "timeout_hang_seconds",
         "drop_rate", "neighbour_tpm", "fail_models", "api_key",
     }
 )  # fmt: skip
-_LIMIT_FIELDS = ("tpm", "rpm", "policy", "check_seconds", "bucket_seconds")
+_LIMIT_FIELDS = (
+    "tpm", "rpm", "policy", "check_seconds", "request_check_seconds", "phase_seconds",
+    "bucket_seconds",
+)  # fmt: skip
 _FIELD_TYPES = {f.name: str(f.type) for f in dataclasses.fields(SimulatorConfig)}
 
 
@@ -153,6 +164,11 @@ def _checked(config: SimulatorConfig) -> SimulatorConfig:
         (c.policy not in POLICIES, f"policy must be one of {POLICIES}"),
         (c.tpm < 1 or c.rpm < 1, "tpm and rpm must be >= 1"),
         (not 0 < c.check_seconds <= 60, "check_seconds must be in (0, 60]"),
+        (not 0 < c.request_check_seconds <= 60, "request_check_seconds must be in (0, 60]"),
+        (
+            c.phase_seconds is not None and not 0 <= c.phase_seconds < 60,
+            "phase_seconds must be in [0, 60)",
+        ),
         (not 0 < c.bucket_seconds <= 60, "bucket_seconds must be in (0, 60]"),
         (min(c.latency_ms, c.latency_jitter_ms, c.output_token_ms) < 0, "latencies must be >= 0"),
         (c.timeout_hang_seconds < 0 or c.neighbour_tpm < 0, "negative hang or neighbour_tpm"),
@@ -176,6 +192,8 @@ class _Reply:
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
     drop: bool = False
+    #: Run when the call completes (after the delay), e.g. to correct a PTU charge.
+    on_done: Callable[[], None] | None = None
 
 
 @dataclass
@@ -183,6 +201,8 @@ class _Stats:
     requests_received: int = 0
     admitted: int = 0
     refused_429: int = 0
+    #: 429s by the dimension that refused ("tokens" or "requests").
+    refused_by: Counter[str] = field(default_factory=Counter)
     by_status: Counter[int] = field(default_factory=Counter)
     faults: dict[str, int] = field(default_factory=lambda: {"5xx": 0, "timeout": 0, "drop": 0})
     tokens_charged: int = 0
@@ -207,6 +227,7 @@ class _Stats:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         data["faults"] = dict(self.faults)
         data["by_status"] = {str(k): v for k, v in sorted(self.by_status.items())}
+        data["refused_by"] = dict(self.refused_by)
         data["admissions"] = list(self.admissions)
         return data
 
@@ -228,6 +249,7 @@ class Simulator:
         self._lock = threading.Lock()
         self._rng = random.Random(self._config.seed)
         self._stats = _Stats()
+        self._phase = 0.0
         self._limiter = self._new_limiter(self._config)
         self._neighbour_due = 0.0
         self._stopping = threading.Event()
@@ -295,6 +317,7 @@ class Simulator:
         """Counts since start or the last reset (the body of ``GET /stats``)."""
         with self._lock:
             data = self._stats.as_dict()
+            data["phase_seconds"] = self._phase
         data["admissions"] = [list(a) for a in data["admissions"]]  # outside the lock: slow
         return data
 
@@ -324,14 +347,19 @@ class Simulator:
 
     # -- internals -----------------------------------------------------------------
 
-    @staticmethod
-    def _new_limiter(config: SimulatorConfig) -> Limiter:
+    def _new_limiter(self, config: SimulatorConfig) -> Limiter:
+        """Fresh limits; Azure's periods began `phase` seconds ago (random unless set).
+        Called with the lock held, or before the server starts."""
+        phase = config.phase_seconds
+        self._phase = self._rng.uniform(0.0, 60.0) if phase is None else phase
         return make_limiter(
             config.policy,
             tpm=config.tpm,
             rpm=config.rpm,
             check_seconds=config.check_seconds,
+            request_check_seconds=config.request_check_seconds,
             bucket_seconds=config.bucket_seconds,
+            phase=self._phase,
             now=time.monotonic(),
         )
 
@@ -417,6 +445,7 @@ class Simulator:
             headers = rate_limit_headers(verdict.snapshot)
             if not verdict.admitted:
                 stats.refused_429 += 1
+                stats.refused_by[verdict.dimension or "tokens"] += 1
                 stats.by_status[429] += 1
                 refused = refusal(call, verdict)
                 return _Reply(429, refused.body, headers | refused.headers)
@@ -434,14 +463,22 @@ class Simulator:
                 stats.completion_tokens += sum(lengths)
         delay = delay_ms / 1000.0 if triggers.latency is None else triggers.latency
         headers["x-request-id"] = f"req_{uuid.uuid4().hex}"
+        # Utilization-based limits count actual usage once the call completes.
+        used = call.prompt_tokens + sum(lengths) if status == 200 else 0
+        done = functools.partial(self._completed, used - call.charge)
         if fault == "drop":
-            return _Reply(0, drop=True)
+            return _Reply(0, drop=True, on_done=done)
         if fault == "timeout":
             delay = config.timeout_hang_seconds
         if status != 200:
-            return _Reply(status, status_error(status, call.model).body, headers, delay)
+            error = status_error(status, call.model).body
+            return _Reply(status, error, headers, delay, on_done=done)
         body = chat_body(call, lengths, limit) if call.kind == "chat" else embeddings_body(call)
-        return _Reply(200, body, headers, delay)
+        return _Reply(200, body, headers, delay, on_done=done)
+
+    def _completed(self, correction: int) -> None:
+        with self._lock:
+            self._limiter.correct(correction, time.monotonic())
 
     def _draw_fault(self, config: SimulatorConfig, triggers: Triggers) -> tuple[str | None, int]:
         """Pick the fault ("5xx", "timeout", "drop" or None) and the status (0 for a drop)."""
@@ -503,6 +540,8 @@ class _Handler(BaseHTTPRequestHandler):
         reply = simulator._dispatch(method, self.path, headers, body)
         if reply.delay > 0:
             simulator._stopping.wait(reply.delay)  # stop() wakes hanging requests
+        if reply.on_done is not None:
+            reply.on_done()
         if reply.drop or simulator._stopping.is_set():
             self.close_connection = True  # closed with no response, like a dropped connection
             return
@@ -583,7 +622,15 @@ def _parser(
     add("--tpm", type=int, default=d.tpm, help="tokens per minute (default %(default)s)")
     add("--rpm", type=int, default=d.rpm, help="requests per minute (default %(default)s)")
     add("--policy", choices=POLICIES, default=d.policy, help="limit model (default %(default)s)")
-    add("--check-seconds", type=float, default=d.check_seconds, help="azure sub-minute window")
+    add("--check-seconds", type=float, default=d.check_seconds, help="azure token period")
+    add("--request-check-seconds", type=float, default=d.request_check_seconds,
+        help="azure request period")  # fmt: skip
+    add(
+        "--phase-seconds",
+        type=float,
+        default=d.phase_seconds,
+        help="azure: seconds since the periods began at start/reset (default: random)",
+    )
     add("--bucket-seconds", type=float, default=d.bucket_seconds, help="openai bucket size")
     add("--latency-ms", type=float, default=d.latency_ms, help="base latency")
     add("--latency-jitter-ms", type=float, default=d.latency_jitter_ms, help="extra 0..N ms")

@@ -3,6 +3,7 @@
 from settings.config import (
     AccountingMode,
     DeploymentSettings,
+    LimiterKind,
     ProviderKind,
     Settings,
     SettingsError,
@@ -15,6 +16,7 @@ from settings.config import (
 __all__ = [
     "AccountingMode",
     "DeploymentSettings",
+    "LimiterKind",
     "ProviderKind",
     "Settings",
     "SettingsError",

@@ -49,6 +49,8 @@ RUN_MARGIN_SECONDS = 10.0
 KINDS_NEEDING_API_KEY = ("openai", "azure")
 #: The key the default deployment sends; `quotaflow simulate --api-key sk-local` accepts it.
 SIMULATOR_API_KEY = "sk-local"
+#: "bucket": GCRA token bucket (OpenAI); "window": fixed-length windows at any phase (Azure).
+LimiterKind = Literal["bucket", "window"]
 
 
 class SettingsError(ValueError):
@@ -94,6 +96,54 @@ class DeploymentSettings(BaseModel):
     price_output_per_1m: float = Field(default=0.0, ge=0)
     #: Seconds before an API call is abandoned as a transient failure.
     timeout_seconds: PositiveFloat = 60.0
+    #: How the gate admits: "bucket" (a token bucket refilled continuously, how OpenAI
+    #: limits) or "window" (at most one window's allowance in every interval of a
+    #: window's length, at any phase: how Azure OpenAI limits). Default: "window" for
+    #: kind azure, "bucket" otherwise.
+    limiter: LimiterKind = "bucket"
+    #: Window limiter: tokens are counted over this many seconds (Azure: 10); each
+    #: window may hold tpm x window_seconds / 60 tokens.
+    window_seconds: float = Field(default=10.0, gt=0, le=60)
+    #: Window limiter: requests are counted over this many seconds (Azure: 1); each
+    #: window may hold rpm x request_window_seconds / 60 requests.
+    request_window_seconds: float = Field(default=1.0, gt=0, le=60)
+    #: Window limiter: the gate's windows are this much longer than the provider's, so
+    #: a call that reaches the provider up to this late after its slot still lands in a
+    #: window with room; a booked call starting later than this books again.
+    window_guard_seconds: float = Field(default=0.25, ge=0, le=10)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_limiter(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("limiter") is None:
+            return {**data, "limiter": "window" if data.get("kind") == "azure" else "bucket"}
+        return data
+
+    @model_validator(mode="after")
+    def _check_window(self) -> DeploymentSettings:
+        if self.limiter != "window":
+            return self
+        if self.request_capacity < 1:
+            least = 60 / self.rpm
+            raise ValueError(
+                f"limiter 'window': rpm x request_window_seconds / 60 = "
+                f"{self.request_capacity:g} admits no whole request per window; raise "
+                f"request_window_seconds to at least {least:g} (or rpm to at least "
+                f"{math.ceil(60 / self.request_window_seconds)})"
+            )
+        if self.token_capacity < 1:
+            raise ValueError(
+                f"limiter 'window': tpm x window_seconds / 60 = {self.token_capacity:g} "
+                f"admits no token per window; raise window_seconds to at least "
+                f"{60 / self.tpm:g} (or tpm)"
+            )
+        longest = max(self.window_seconds, self.request_window_seconds)
+        if longest + self.window_guard_seconds > 60:
+            raise ValueError(
+                f"limiter 'window': the longest window ({longest:g}s) plus "
+                f"window_guard_seconds ({self.window_guard_seconds:g}s) must not exceed 60s"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_capacity(self) -> DeploymentSettings:
@@ -128,13 +178,36 @@ class DeploymentSettings(BaseModel):
 
     @property
     def token_capacity(self) -> float:
-        """Tokens that may be admitted at once (the bucket's burst)."""
+        """Tokens that may be admitted at once: the bucket's burst, or a window's allowance."""
+        if self.limiter == "window":
+            return self.tpm * self.window_seconds / 60.0
         return self.tpm * self.burst_seconds / 60.0
 
     @property
     def request_capacity(self) -> float:
-        """Requests that may be admitted at once."""
+        """Requests that may be admitted at once (burst, or a request window's allowance)."""
+        if self.limiter == "window":
+            return self.rpm * self.request_window_seconds / 60.0
         return self.rpm * self.burst_seconds / 60.0
+
+    @property
+    def admission_span_seconds(self) -> float:
+        """Longest a request can wait for room once it is first in line: the bucket's
+        burst, or the gate's longest window (the provider's plus the guard)."""
+        if self.limiter == "window":
+            longest = max(self.window_seconds, self.request_window_seconds)
+            return longest + self.window_guard_seconds
+        return self.burst_seconds
+
+    @property
+    def capacity_hint(self) -> str:
+        """Where the most a request may cost comes from, and what to change."""
+        if self.limiter == "window":
+            return (
+                "tpm x window_seconds/60, rpm x request_window_seconds/60; lower max_tokens "
+                "or the prompt, or raise window_seconds"
+            )
+        return "tpm/rpm x burst_seconds/60; lower max_tokens or the prompt, or raise burst_seconds"
 
 
 def _default_deployments(
@@ -314,9 +387,9 @@ class Settings(BaseSettings):
     @property
     def longest_countdown_seconds(self) -> float:
         """The longest a deferred or retried task can be held before it runs."""
-        burst = max(d.burst_seconds for d in self.deployments)
+        burst = max(d.admission_span_seconds for d in self.deployments)
         return max(
-            # A booking starts at most horizon + one burst ahead.
+            # A booking starts at most horizon + one burst (or window) ahead.
             self.booking_horizon_seconds + burst + self.late_tolerance_seconds,
             self.backoff_cap_seconds,
             self.max_defer_seconds,

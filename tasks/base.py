@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 
 #: Redis (budget or broker) unreachable: fail closed, hold the message and wait.
 _OUTAGE = (redis.ConnectionError, redis.TimeoutError, BudgetUnavailable, OperationalError)
+#: A deferred booking comes back this much before its slot and waits out the rest in
+#: place: an ETA task can start late on a busy worker, and a late start loses its slot.
+WAKE_EARLY_SECONDS = 0.25
 
 
 class BudgetedTask(Task):  # type: ignore[misc]
@@ -137,19 +140,24 @@ class BudgetedTask(Task):  # type: ignore[misc]
             answer, now = gate.redeem(reservation, inline_seconds=gate.inline_seconds)
             early = reservation.start_at - now
             if answer is Redemption.EARLY:
-                d.defer(early, reservation, f"booked in {early:.1f}s (came back early)")
+                d.defer(
+                    early - WAKE_EARLY_SECONDS, reservation,
+                    f"booked in {early:.1f}s (came back early)",
+                )  # fmt: skip
             if answer is Redemption.VALID:
                 if early > 0:
                     time.sleep(early)
                     return reservation
-                if -early <= d.rt.settings.late_tolerance_seconds:
+                late_ok = gate.late_tolerance(dep.name, d.rt.settings.late_tolerance_seconds)
+                if -early <= late_ok:
                     return reservation
-                # Started too late: the slot has passed and is simply lost
-                # (conservative); book again.
+                # Started too late: the slot has passed; give it back where the limiter
+                # can (nothing was sent in it) and book again.
                 log.info(
                     "request %s started %.1fs late for its slot; booking again",
                     d.request.custom_id, -early,
                 )  # fmt: skip
+                gate.release(reservation)
             else:
                 log.info(
                     "request %s: booking %s is %s; asking the gate again",
@@ -178,7 +186,10 @@ class BudgetedTask(Task):  # type: ignore[misc]
         countdown = decision.countdown
         # A booking this close is waited for in place rather than through the broker.
         if countdown > d.rt.gate.inline_seconds:
-            d.defer(countdown, reservation, f"booked on {decision.dimension} in {countdown:.1f}s")
+            d.defer(
+                countdown - WAKE_EARLY_SECONDS, reservation,
+                f"booked on {decision.dimension} in {countdown:.1f}s",
+            )  # fmt: skip
         if countdown > 0:
             time.sleep(countdown)
         return reservation

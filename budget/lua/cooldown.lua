@@ -7,8 +7,9 @@
 -- KEYS[4]  rate state (hash, see observe.lua): fields cut, cut_at
 -- KEYS[5]  the deployment's epoch: moved on, so every booking made before this
 --          429 is stale (redeem.lua)
--- ARGV[1]  lowest TAT for tokens, as an offset from now, microseconds
--- ARGV[2]  lowest TAT for requests, as an offset from now, microseconds
+-- ARGV[1]  lowest TAT for tokens, as an offset from now, microseconds ("" = no
+--          bucket: the window limiter reads the cooldown marker itself)
+-- ARGV[2]  lowest TAT for requests, as an offset from now, microseconds ("" = none)
 -- ARGV[3]  cooldown length, milliseconds
 -- ARGV[4]  rate cut: the factor is multiplied by this (e.g. 0.85)
 -- ARGV[5]  lowest factor
@@ -33,11 +34,13 @@ local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local cooling = redis.call("EXISTS", KEYS[3]) == 1
 
 for d = 1, 2 do
-  local floor = now + math.ceil(tonumber(ARGV[d]))
-  local tat = tonumber(redis.call("GET", KEYS[d]) or now)
-  if floor > tat then
-    redis.call("SET", KEYS[d], string.format("%d", floor), "PX",
-               math.floor((floor - now) / 1000) + 1000)
+  if ARGV[d] ~= "" then
+    local floor = now + math.ceil(tonumber(ARGV[d]))
+    local tat = tonumber(redis.call("GET", KEYS[d]) or now)
+    if floor > tat then
+      redis.call("SET", KEYS[d], string.format("%d", floor), "PX",
+                 math.floor((floor - now) / 1000) + 1000)
+    end
   end
 end
 

@@ -10,7 +10,7 @@ import pytest
 import redis
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from support.conformance import admitted_share, worst_excess
+from support.conformance import admitted_share, window_excess, window_share, worst_excess
 from support.hammer import gate_reserve, hammer
 
 from budget import Gate, Outcome
@@ -139,3 +139,134 @@ def test_the_check_catches_a_read_then_add_gate(redis_server, redis_client) -> N
     gate = Gate(redis_client, [dep], admission_log=True)
     rows = [(a.start_at, a.tokens) for a in gate.admissions(dep.name)]
     assert worst_excess(rows, capacity=dep.token_capacity, rate=dep.tpm / 60) > 1
+
+
+# -- the window limiter: one window's allowance in every window, at any phase --------------
+
+
+def check_windows(gate: Gate, dep: DeploymentSettings, *, guarded: bool = True) -> list[Row]:
+    """Every interval of a window's length holds at most its allowance, on both
+    dimensions; with `guarded`, also every interval of the gate's longer window."""
+    rows = [(a.start_at, a.tokens, a.requests) for a in gate.admissions(dep.name)]
+    guard = dep.window_guard_seconds if guarded else 0.0
+    for window in {dep.window_seconds, dep.window_seconds + guard}:
+        tok = window_excess([(t, n) for t, n, _ in rows], window=window,
+                            allowance=dep.token_capacity)  # fmt: skip
+        assert tok <= EPSILON, f"tokens overfill a {window:g}s window by {tok}"
+    for window in {dep.request_window_seconds, dep.request_window_seconds + guard}:
+        req = window_excess([(t, n) for t, _, n in rows], window=window,
+                            allowance=dep.request_capacity)  # fmt: skip
+        assert req <= EPSILON, f"requests overfill a {window:g}s window by {req}"
+    return rows
+
+
+Row = tuple[float, int, int]
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    tpm=st.integers(min_value=6_000, max_value=600_000),
+    rpm=st.integers(min_value=600, max_value=60_000),
+    window=st.floats(min_value=0.02, max_value=0.3),
+    request_window=st.floats(min_value=0.01, max_value=0.3),
+    guard=st.floats(min_value=0.0, max_value=0.05),
+    horizon=st.floats(min_value=0.0, max_value=0.3),
+    ops=st.lists(
+        st.tuples(
+            st.sampled_from(["reserve", "reserve", "reserve", "cooldown", "observe", "settle"]),
+            st.floats(min_value=0.0, max_value=1.0),
+            st.floats(min_value=0.0, max_value=0.004),
+        ),
+        min_size=1,
+        max_size=60,
+    ),
+)
+def test_every_window_sequence_conforms(
+    redis_client: redis.Redis,
+    tpm: int,
+    rpm: int,
+    window: float,
+    request_window: float,
+    guard: float,
+    horizon: float,
+    ops: list[tuple[str, float, float]],
+) -> None:
+    assume(rpm * request_window / 60 >= 1 and tpm * window / 60 >= 1)
+    dep = DeploymentSettings(
+        name=f"w{uuid.uuid4().hex[:8]}",
+        model="gpt-4o",
+        tpm=tpm,
+        rpm=rpm,
+        limiter="window",
+        window_seconds=window,
+        request_window_seconds=request_window,
+        window_guard_seconds=guard,
+        accounting="actual",
+    )
+    gate = Gate(redis_client, [dep], horizon_seconds=horizon, admission_log=True)
+    held = []
+    for op, size, pause in ops:
+        if op == "reserve":
+            # Sizes up to just past the allowance: "never" must be answered, not admitted.
+            cost = max(1, int(size * dep.token_capacity * 1.05))
+            decision = gate.reserve(dep.name, tokens=cost)
+            if decision.reservation:
+                held.append(decision.reservation)
+            if cost > dep.token_capacity:
+                assert decision.outcome is Outcome.NEVER
+        elif op == "cooldown":
+            gate.cooldown(dep.name, size * 0.01)
+        elif op == "observe":
+            left = int(size * dep.token_capacity)
+            gate.observe(dep.name, {"x-ratelimit-remaining-tokens": str(left)})
+        elif op == "settle" and held:
+            r = held.pop(0)
+            # Refunds and charges: neither may let a window hold more.
+            gate.settle(r, actual_tokens=max(0, r.tokens + int((size - 0.5) * 20)))
+        time.sleep(pause)
+    check_windows(gate, dep)
+
+
+WINDOW_DEP = DeploymentSettings(
+    name="hammered-window", model="gpt-4o", tpm=2_400_000, rpm=120_000, limiter="window",
+    window_seconds=0.5, request_window_seconds=0.5, window_guard_seconds=0.02,
+)  # fmt: skip
+
+
+@pytest.mark.timeout(120)
+def test_many_processes_fill_windows_and_never_overfill(redis_server, redis_client) -> None:  # type: ignore[no-untyped-def]
+    dep = WINDOW_DEP
+    hammer(gate_reserve, (redis_server.url, dep, 0.2), processes=4, threads=4, seconds=4)
+    gate = Gate(redis_client, [dep], admission_log=True)
+    rows = check_windows(gate, dep)
+    assert len(rows) > 50
+    share = window_share(
+        [(t, n) for t, n, _ in rows],
+        window=dep.window_seconds + dep.window_guard_seconds,
+        allowance=dep.token_capacity,
+    )
+    print(f"window share: {share:.4f} over {len(rows)} admissions")
+    # Windows are filled, not merely kept under the allowance (a limiter that admits
+    # next to nothing would pass the check above); the gap to 1 is packing, not speed.
+    assert share >= 0.8, f"only {share:.3f} of the windows' allowance was admitted"
+
+
+@pytest.mark.timeout(120)
+def test_the_window_check_catches_a_bucket_at_full_rate(redis_server, redis_client) -> None:  # type: ignore[no-untyped-def]
+    """Negative control: a token bucket at the provider's full rate, even with a burst
+    of only a tenth of a window, overfills windows of the provider's length."""
+    bucket = DeploymentSettings(
+        name=WINDOW_DEP.name, model="gpt-4o", tpm=WINDOW_DEP.tpm, rpm=WINDOW_DEP.rpm,
+        limiter="bucket", burst_seconds=WINDOW_DEP.window_seconds / 10,
+    )  # fmt: skip
+    hammer(gate_reserve, (redis_server.url, bucket, 0.2), processes=4, threads=4, seconds=3)
+    gate = Gate(redis_client, [bucket], admission_log=True)
+    rows = [(a.start_at, a.tokens) for a in gate.admissions(bucket.name)]
+    check_log(gate, bucket)  # the bucket keeps its own promise...
+    excess = window_excess(rows, window=WINDOW_DEP.window_seconds,
+                           allowance=WINDOW_DEP.token_capacity)  # fmt: skip
+    assert excess > 1, f"a bucket at full rate should overfill a window; excess {excess}"

@@ -19,7 +19,12 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from pipeline.sim_limits import TokenBucketLimiter, WindowLimiter, format_duration
+from pipeline.sim_limits import (
+    ProvisionedLimiter,
+    TokenBucketLimiter,
+    WindowLimiter,
+    format_duration,
+)
 from pipeline.simulator import RUNTIME_FIELDS, Simulator, SimulatorConfig, main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -197,8 +202,8 @@ def test_azure_minute_counter_and_sub_minute_windows() -> None:
 
 
 def test_azure_policy_refuses_within_window_then_admits(start_sim: StartSim) -> None:
-    sim = start_sim(policy="azure", tpm=3000, rpm=1000, check_seconds=2.0)  # 100 tokens / 2 s
-    sim.reset()  # align the windows to now
+    sim = start_sim(policy="azure", tpm=3000, rpm=1000, check_seconds=2.0, phase_seconds=0.0)
+    sim.reset()  # align the windows to now: 100 tokens per 2 s
     assert chat(sim, max_tokens=37)[0] == 200  # 40 tokens
     assert chat(sim, max_tokens=37)[0] == 200
     status, headers, _ = request(
@@ -209,6 +214,51 @@ def test_azure_policy_refuses_within_window_then_admits(start_sim: StartSim) -> 
     assert 0 < wait <= 2.0
     time.sleep(wait + 0.05)
     assert chat(sim, max_tokens=37)[0] == 200
+
+
+def test_azure_request_periods_and_phase() -> None:
+    # 600 RPM: 10 requests per 1 s period; periods began 0.4 s before construction.
+    win = WindowLimiter(tpm=600_000, rpm=600, check_seconds=10, now=100.0, phase=0.4)
+    assert all(win.admit(1, 1, now=100.0).admitted for _ in range(10))
+    refused = win.admit(1, 1, now=100.1)
+    assert not refused.admitted and refused.dimension == "requests"
+    assert refused.retry_after == pytest.approx(0.5)  # the period ends at 100.6
+    assert win.admit(1, 1, now=100.6).admitted
+    # 100,000 tokens per 10 s period, which began at 99.6.
+    assert win.admit(99_989, 1, now=101.0).admitted
+    full = win.admit(100, 1, now=102.0)
+    assert not full.admitted and full.dimension == "tokens"
+    assert full.retry_after == pytest.approx(7.6)
+    assert win.admit(100, 1, now=109.6).admitted
+
+
+def test_ptu_admits_below_full_utilization_and_counts_actual_usage() -> None:
+    ptu = ProvisionedLimiter(tpm=6000, now=0.0, bucket_seconds=10)  # 100/s; 100% = 1,000
+    assert ptu.admit(900, 1, now=0.0).admitted
+    assert ptu.admit(900, 1, now=0.0).admitted  # under 100% on arrival: admitted, now 180%
+    over = ptu.admit(10, 1, now=0.0)
+    assert not over.admitted and over.retry_after == pytest.approx(8.0, abs=0.01)
+    ptu.correct(-700, now=0.0)  # the call used 200 of its 900
+    assert ptu.utilization == pytest.approx(1.1)
+    assert ptu.admit(10, 1, now=1.1).admitted
+    assert ptu.admit(1001, 1, now=100.0).too_large
+
+
+def test_ptu_policy_over_http(start_sim: StartSim) -> None:
+    sim = start_sim(policy="ptu", tpm=600, rpm=1, bucket_seconds=10)  # 100% = 100 tokens
+    assert chat(sim, max_tokens=97)[0] == 200  # charged 100 at arrival, < 100 used
+    status, headers, _ = request(
+        sim, "POST", "/v1/chat/completions", {"model": "m", "messages": MSG, "max_tokens": 5}
+    )
+    assert status in (200, 429)  # below 100% once the first call's actual usage is known
+    refused = request(
+        sim, "POST", "/v1/chat/completions", {"model": "m", "messages": MSG, "max_tokens": 97}
+    )
+    while refused[0] == 200:
+        refused = request(
+            sim, "POST", "/v1/chat/completions", {"model": "m", "messages": MSG, "max_tokens": 97}
+        )
+    assert refused[0] == 429 and int(refused[1]["retry-after-ms"]) > 0
 
 
 def test_format_duration() -> None:
@@ -409,7 +459,7 @@ def test_admin_config(sim: Simulator) -> None:
 def test_neighbour_consumes_shared_quota(start_sim: StartSim) -> None:
     # Azure counters do not refill within the minute, so the neighbour's use stays visible.
     began = time.monotonic()
-    sim = start_sim(policy="azure", tpm=60_000, rpm=1000, neighbour_tpm=30_000)  # 500/s
+    sim = start_sim(policy="azure", tpm=60_000, rpm=1000, neighbour_tpm=30_000, phase_seconds=0.0)
     time.sleep(0.5)
     _, headers, _ = request(sim, "POST", "/v1/embeddings", {"model": "e", "input": "abcd"})
     taken = sim.stats()["neighbour_tokens"]
