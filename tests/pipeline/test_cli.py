@@ -76,7 +76,10 @@ def write_batch(path: Path, n: int, *, bad_line: int | None = None) -> list[str]
 
 #: An openai deployment without api_key: every call would be a 401.
 NO_KEY = {"name": "gpt4o", "kind": "openai", "model": "gpt-4o-mini", "tpm": 1000, "rpm": 10}
-NO_KEY_AZURE = {**NO_KEY, "kind": "azure", "base_url": "https://x", "api_version": "2024-10-21"}
+NO_KEY_AZURE = {
+    **NO_KEY, "kind": "azure", "base_url": "https://x", "api_version": "2024-10-21",
+    "request_window_seconds": 10,  # 10 RPM: Azure counts such small deployments per 10 s
+}  # fmt: skip
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
