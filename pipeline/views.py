@@ -20,7 +20,7 @@ from rich.text import Text
 from pipeline.jobs import Jobs, SubmitReport
 from pipeline.local import LocalWorkers
 from pipeline.metrics_server import queue_depth
-from tasks.jobs import JobStatus
+from tasks.jobstore import JobStatus
 from tasks.metrics import parse_field
 from tasks.runtime import Runtime
 

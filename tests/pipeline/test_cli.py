@@ -23,7 +23,7 @@ from support.redis_server import free_port
 from budget import Gate
 from pipeline.simulator import Simulator
 from settings import DeploymentSettings, settings_env
-from tasks.jobs import JobStore
+from tasks.jobstore import JobStore
 from tasks.metrics import Metrics
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]

@@ -18,7 +18,7 @@ from pipeline.jobs import Jobs
 from pipeline.simulator import Simulator
 from settings import DeploymentSettings, Settings, settings_env
 from tasks import runtime
-from tasks.jobs import JobStatus
+from tasks.jobstore import JobStatus
 
 ROOT = Path(__file__).resolve().parents[2]
 API_KEY = "sk-test-4d1f9c2b7e"
