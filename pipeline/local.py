@@ -24,7 +24,6 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from types import TracebackType
 
 from budget import QuotaflowError
 from pipeline.app import app as celery_app
@@ -254,12 +253,7 @@ class LocalWorkers:
     def __enter__(self) -> LocalWorkers:
         return self if self.workers else self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
 

@@ -21,7 +21,6 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from types import TracebackType
 
 import redis
 
@@ -206,10 +205,5 @@ class RedisServer:
     def __enter__(self) -> RedisServer:
         return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.cleanup()
