@@ -26,9 +26,9 @@ from multiprocessing.synchronize import Barrier
 
 import redis
 
-from bench.redis_proc import RedisProcess
 from bench.results import RESULTS, cpu_model, write_section
 from budget.gate import Gate
+from pipeline.redis_server import RedisServer
 from settings import DeploymentSettings
 
 BEGIN, END = "<!-- gate:begin -->", "<!-- gate:end -->"
@@ -338,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
     args = parser.parse_args(argv)
 
-    with RedisProcess() as server:
+    with RedisServer() as server:
         client = redis.Redis.from_url(server.url)
         version = str(client.info("server")["redis_version"])
         client.close()

@@ -30,8 +30,9 @@ from typing import Any
 
 import redis
 
-from bench.redis_proc import RedisProcess
 from bench.results import cpu_model
+from pipeline.local import LocalWorker
+from pipeline.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAOS = Path(__file__).resolve().parent / "CHAOS.md"
@@ -62,46 +63,6 @@ def _bodies(n: int) -> list[dict[str, Any]]:
     ]
 
 
-class _Worker:
-    def __init__(self, env: dict[str, str], pool: str, logdir: Path, name: str) -> None:
-        self.log = logdir / f"{name}.log"
-        args = [
-            sys.executable, "-m", "celery", "-A", "pipeline", "worker",
-            "-Q", "quotaflow,quotaflow.retry", "-P", pool, "-c", "8" if pool == "threads" else "4",
-            "-n", f"{name}@%h", "--without-gossip", "--without-mingle", "-l", "INFO",
-        ]  # fmt: skip
-        with self.log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )  # fmt: skip
-        deadline = time.monotonic() + 120
-        while b" ready." not in self.log.read_bytes():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"worker did not start:\n{self.log.read_text()[-2000:]}")
-            time.sleep(0.2)
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def children(self) -> list[int]:
-        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True)
-        return [int(p) for p in out.stdout.split()]
-
-    def kill(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-
 def run_scenario(name: str) -> dict[str, Any]:
     """One scenario, in this process: returns its figures."""
     from pipeline import app
@@ -109,7 +70,7 @@ def run_scenario(name: str) -> dict[str, Any]:
     from pipeline.jobs import Jobs
     from pipeline.metrics_server import queue_depth
     from pipeline.simulator import Simulator, SimulatorConfig
-    from settings import DeploymentSettings, Settings, settings_env
+    from settings import DeploymentSettings, Settings
     from tasks import runtime
 
     pool, _ = SCENARIOS[name]
@@ -117,9 +78,9 @@ def run_scenario(name: str) -> dict[str, Any]:
         SimulatorConfig(tpm=12_000, rpm=600, latency_ms=3000, latency_jitter_ms=500,
                         api_key=API_KEY)
     ).start()  # fmt: skip
-    server = RedisProcess(appendonly=True).start()
+    server = RedisServer(appendonly=True).start()
     logdir = Path(tempfile.mkdtemp(prefix=f"qf-recovery-{name}-"))
-    workers: list[_Worker] = []
+    workers: list[LocalWorker] = []
     try:
         dep = DeploymentSettings(
             name="sim", kind="compatible", model="gpt-4o-mini", base_url=sim.url + "/v1",
@@ -129,13 +90,15 @@ def run_scenario(name: str) -> dict[str, Any]:
         configure(app, settings)
         rt = runtime.current()
         jobs = Jobs(settings, rt.jobs)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("QUOTAFLOW_")}
-        env.update(settings_env(settings), PYTHONUNBUFFERED="1")
 
-        def start() -> _Worker:
-            w = _Worker(env, pool, logdir, f"w{len(workers)}")
+        def start() -> LocalWorker:
+            name = f"w{len(workers)}"
+            w = LocalWorker(
+                settings, hostname=f"{name}@%h", log_path=logdir / f"{name}.log", cwd=ROOT,
+                pool=pool, concurrency=8 if pool == "threads" else 4,
+            )  # fmt: skip
             workers.append(w)
-            return w
+            return w.wait_ready(timeout=120)
 
         first = start()
         report = jobs.submit_bodies(_bodies(N))
@@ -200,7 +163,7 @@ def run_scenario(name: str) -> dict[str, Any]:
     finally:
         for w in workers:
             w.stop()
-        server.stop()
+        server.cleanup()
         sim.stop()
 
 

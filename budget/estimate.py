@@ -20,8 +20,9 @@ from budget.encodings import register_offline_encodings
 from budget.errors import ContextTooLong, InvalidRequest
 
 log = logging.getLogger(__name__)
-# Cheap (no file is read until an encoding is used), and it makes tiktoken work offline
-# for every caller in the process, not only for this module.
+# Before tiktoken loads anything: it seeds tiktoken's cache, so tiktoken works offline
+# for every caller in the process (and its children), not only for this module. Once per
+# process, a hash check of two files when they are already in place.
 register_offline_encodings()
 
 O200K = "o200k_base"

@@ -94,6 +94,14 @@ def configure(celery_app: Celery, settings: Settings) -> None:
     runtime.configure(settings)
 
 
+def connect(celery_app: Celery, settings: Settings) -> runtime.Runtime:
+    """Configure `celery_app` and the tasks for `settings`; check that Redis answers."""
+    configure(celery_app, settings)
+    rt = runtime.current()
+    rt.redis.ping()
+    return rt
+
+
 @signals.celeryd_init.connect
 def _check_worker(**_: Any) -> None:
     if installed.error is not None:

@@ -21,9 +21,9 @@ from rich.table import Table
 from rich.text import Text
 
 from budget.estimate import estimate_request
-from pipeline.cli import local_cluster
 from pipeline.embedded import sigterm_as_interrupt
 from pipeline.jobs import Jobs
+from pipeline.local import local_cluster
 from pipeline.simulator import Simulator, SimulatorConfig
 from pipeline.views import console, follow, job_table
 from settings import DeploymentSettings, Settings

@@ -17,7 +17,7 @@ from budget.gate import check_admissible
 from pipeline.batchfile import URLS, BatchLine, LineError, output_error_line, read_batch
 from pipeline.recovery import Recovery, pending_request, send
 from settings import Settings, SettingsError
-from tasks.jobs import JobStatus, JobStore
+from tasks.jobstore import JobStatus, JobStore
 from tasks.metrics import check_tenant
 from tasks.request import route
 

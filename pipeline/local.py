@@ -1,11 +1,14 @@
-"""Celery workers on this machine, as subprocesses, for `quotaflow run` and `demo`.
+"""Celery workers on this machine, as subprocesses: `quotaflow run`, `demo` and the tests.
 
-    with LocalWorkers(settings, count=2, concurrency=8) as workers:
-        workers.wait_ready()
+    with local_cluster(settings, workers=2, concurrency=8, pool="prefork") as (rt, local):
+        local.wait_ready()
         ...
 
 Each worker is `celery -A pipeline worker -Q <queue>,<retry_queue>` with the settings
-passed as QUOTAFLOW_* variables, in its own session, logging to a private directory.
+passed as QUOTAFLOW_* variables, in its own session, logging to a file. A worker is
+stopped the one right way: SIGTERM to its main process, which finishes the calls in
+flight and hands the rest back; SIGKILL to its process group only after a grace period
+(or on purpose, in crash tests).
 """
 
 from __future__ import annotations
@@ -19,30 +22,64 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from types import TracebackType
 
 from budget import QuotaflowError
-from pipeline.embedded import die_with_parent
+from pipeline.app import app as celery_app
+from pipeline.app import connect
+from pipeline.console import console
+from pipeline.embedded import embedded_redis
+from pipeline.processes import die_with_parent
 from settings import Settings, settings_env
+from tasks.runtime import Runtime
 
 _READY = b" ready."
+#: Seconds a stopped worker has to finish its calls in flight before it is killed.
+STOP_GRACE_SECONDS = 30.0
 
 
 class WorkerError(QuotaflowError):
     """A local worker did not start or died."""
 
 
-class LocalWorker:
-    """One `celery worker` process (and its pool children)."""
+def worker_env(settings: Settings, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's environment with `settings` as the only QUOTAFLOW_* variables."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QUOTAFLOW_")}
+    env.update(settings_env(settings))
+    env.update(extra or {})
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
 
-    def __init__(self, args: list[str], env: dict[str, str], log_path: Path, cwd: Path) -> None:
+
+class LocalWorker:
+    """One `celery worker` process (and its pool children), started at once."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        hostname: str,
+        log_path: Path,
+        cwd: Path,
+        concurrency: int = 8,
+        pool: str = "prefork",
+        loglevel: str = "INFO",
+        extra_env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.hostname = hostname
         self.log_path = log_path
+        queues = f"{settings.queue},{settings.retry_queue}"
+        args = [
+            sys.executable, "-m", "celery", "-A", "pipeline", "worker",
+            "-Q", queues, "-c", str(concurrency), "-P", pool, "-n", hostname,
+            "--without-gossip", "--without-mingle", "-l", loglevel,
+        ]  # fmt: skip
         self._log = log_path.open("wb")
         self.proc = subprocess.Popen(
             args,
             cwd=cwd,
-            env=env,
+            env=worker_env(settings, extra_env),
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -64,12 +101,34 @@ class LocalWorker:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def log_tail(self, lines: int = 15) -> str:
+    def log(self) -> str:
         try:
-            text = self.log_path.read_text(errors="replace")
+            return self.log_path.read_text(errors="replace")
         except OSError:
             return ""
-        return "\n".join(text.strip().splitlines()[-lines:])
+
+    def log_tail(self, lines: int = 15) -> str:
+        return "\n".join(self.log().strip().splitlines()[-lines:])
+
+    def wait_ready(self, timeout: float = 60.0) -> LocalWorker:
+        """Block until the worker logs " ready."; raise WorkerError if it exits first."""
+        deadline = time.monotonic() + timeout
+        while not self.ready():
+            if not self.alive():
+                raise WorkerError(f"worker {self.hostname} exited:\n{self.log()}")
+            if time.monotonic() > deadline:
+                raise WorkerError(
+                    f"worker {self.hostname} not ready after {timeout:g}s:\n{self.log()}"
+                )
+            time.sleep(0.1)
+        return self
+
+    def children(self) -> list[int]:
+        """The pids of the pool's processes (prefork)."""
+        out = subprocess.run(
+            ["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True, check=False
+        )
+        return [int(p) for p in out.stdout.split()]
 
     def terminate(self) -> None:
         """Warm shutdown: the worker finishes the calls in flight, returns the rest."""
@@ -88,6 +147,14 @@ class LocalWorker:
                 os.killpg(self.proc.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=5)
+
+    def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
+        """Warm shutdown, then SIGKILL after `grace` seconds. Idempotent."""
+        self.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=grace)
+        self.kill()
+        self.close()
 
     def close(self) -> None:
         self._log.close()
@@ -119,23 +186,21 @@ class LocalWorkers:
 
     def start(self) -> LocalWorkers:
         self.dir = Path(tempfile.mkdtemp(prefix="quotaflow-workers-"))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("QUOTAFLOW_")}
-        env.update(settings_env(self.settings))
-        env["PYTHONUNBUFFERED"] = "1"
-        queues = f"{self.settings.queue},{self.settings.retry_queue}"
         tag = uuid.uuid4().hex[:6]
         try:
             for i in range(self.count):
-                args = [
-                    sys.executable, "-m", "celery", "-A", "pipeline", "worker",
-                    "-Q", queues, "-c", str(self.concurrency), "-P", self.pool,
-                    "-n", f"{self.name}-{i + 1}-{tag}@%h",
-                    "--without-gossip", "--without-mingle", "-l", self.loglevel,
-                ]  # fmt: skip
                 # The cwd is the private directory: every setting comes from the
                 # environment, never from a stray .env or quotaflow.toml.
-                log_path = self.dir / f"worker-{i + 1}.log"
-                self.workers.append(LocalWorker(args, env, log_path, self.dir))
+                worker = LocalWorker(
+                    self.settings,
+                    hostname=f"{self.name}-{i + 1}-{tag}@%h",
+                    log_path=self.dir / f"worker-{i + 1}.log",
+                    cwd=self.dir,
+                    concurrency=self.concurrency,
+                    pool=self.pool,
+                    loglevel=self.loglevel,
+                )
+                self.workers.append(worker)
         except BaseException:
             self.stop(grace=0)
             raise
@@ -163,10 +228,11 @@ class LocalWorkers:
                     f"a local worker exited with code {w.proc.returncode}:\n{w.log_tail()}"
                 )
 
-    def stop(self, grace: float = 30.0) -> None:
+    def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
         """Warm shutdown, then SIGKILL to each worker's process group after `grace` s.
 
-        A second Ctrl-C while waiting kills at once. Idempotent.
+        All workers are asked at once and share the grace period. A second Ctrl-C while
+        waiting kills at once. Idempotent.
         """
         try:
             for w in self.workers:
@@ -187,10 +253,26 @@ class LocalWorkers:
     def __enter__(self) -> LocalWorkers:
         return self if self.workers else self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def local_cluster(
+    settings: Settings, *, workers: int, concurrency: int, pool: str
+) -> Iterator[tuple[Runtime, LocalWorkers]]:
+    """The configured Redis (or a private one) and `workers` local worker processes.
+
+    On leaving, workers stop first (warm shutdown), then the private Redis.
+    """
+    with contextlib.ExitStack() as stack:
+        if settings.redis_url is None:
+            with console.status("starting a private Redis"):
+                url = stack.enter_context(embedded_redis())
+            settings = settings.model_copy(update={"redis_url": url})
+        rt = connect(celery_app, settings)
+        local = LocalWorkers(settings, count=workers, concurrency=concurrency, pool=pool)
+        stack.callback(local.stop)
+        if workers:
+            local.start()
+        yield rt, local

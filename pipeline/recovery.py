@@ -45,7 +45,7 @@ from pipeline.broker import UNACKED_KEY, message_id, queue_lists
 from settings import Settings
 from tasks import TASK_FOR_URL, runtime
 from tasks.errors import NotConfigured
-from tasks.jobs import ADHOC_JOB, JobStore
+from tasks.jobstore import ADHOC_JOB, JobStore
 
 log = logging.getLogger(__name__)
 

@@ -11,21 +11,19 @@ from collections import deque
 from collections.abc import Callable
 
 from rich import box
-from rich.console import Console, Group, RenderableType
+from rich.console import Group, RenderableType
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
+from pipeline.console import console
 from pipeline.jobs import Jobs, SubmitReport
 from pipeline.local import LocalWorkers
 from pipeline.metrics_server import queue_depth
-from tasks.jobs import JobStatus
+from tasks.jobstore import JobStatus
 from tasks.metrics import parse_field
 from tasks.runtime import Runtime
-
-#: Emoji codes off: a user's `:-1:` must print as typed.
-console = Console(highlight=False, emoji=False)
 
 #: The live line counts the tokens used over this many seconds.
 RATE_WINDOW_SECONDS = 60.0

@@ -9,7 +9,7 @@ from typing import Any
 from budget import InvalidRequest
 from settings import DeploymentSettings, Settings
 from tasks.errors import UnknownModel
-from tasks.jobs import ADHOC_JOB
+from tasks.jobstore import ADHOC_JOB
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import redis
 from budget import Gate
 from settings import Settings
 from tasks.errors import NotConfigured
-from tasks.jobs import JobStore
+from tasks.jobstore import JobStore
 from tasks.metrics import Metrics
 
 

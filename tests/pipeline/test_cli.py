@@ -18,12 +18,12 @@ from typing import Any
 
 import pytest
 from support.cluster import ROOT, sim_deployment
-from support.redis_server import free_port
 
 from budget import Gate
+from pipeline.redis_server import free_port
 from pipeline.simulator import Simulator
 from settings import DeploymentSettings, settings_env
-from tasks.jobs import JobStore
+from tasks.jobstore import JobStore
 from tasks.metrics import Metrics
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -521,9 +521,9 @@ def test_recover_says_what_it_waits_for(tmp_path: Path, redis_server, redis_clie
 
 
 def test_follow_up_commands_are_shell_quoted() -> None:
-    from pipeline.cli import _cmd
+    from pipeline.cli.options import cmd
 
-    assert _cmd("run", Path("my batch.jsonl"), "-o", "out.jsonl") == (
+    assert cmd("run", Path("my batch.jsonl"), "-o", "out.jsonl") == (
         "quotaflow run 'my batch.jsonl' -o out.jsonl"
     )
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 from support.cluster import ROOT
-from support.redis_server import free_port
 
+from pipeline.redis_server import free_port
 from settings import settings_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from support.redis_server import free_port
 
+from pipeline.redis_server import free_port
 from settings import settings_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]

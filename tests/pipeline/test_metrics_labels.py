@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
-from support.redis_server import free_port
 
 from budget import InvalidRequest
 from pipeline import app
 from pipeline.app import configure
 from pipeline.metrics_server import serve
+from pipeline.redis_server import free_port
 from settings import Settings, settings_env
 from tasks import complete, runtime
 from tasks.metrics import MAX_TENANT_LENGTH, OTHER_TENANT, counter_field

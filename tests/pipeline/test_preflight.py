@@ -7,7 +7,8 @@ import subprocess
 
 import pytest
 from support.cluster import Worker, cluster_settings
-from support.redis_server import RedisServer
+
+from pipeline.redis_server import RedisServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

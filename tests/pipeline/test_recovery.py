@@ -20,7 +20,7 @@ from support.workload import SIM, bodies
 from pipeline.broker import message_id, queue_lists
 from settings import settings_env
 from tasks import complete
-from tasks.jobs import ADHOC_JOB, job_keys
+from tasks.jobstore import ADHOC_JOB, job_keys
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 

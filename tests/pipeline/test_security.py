@@ -17,10 +17,10 @@ import pytest
 import redis
 from support.cluster import API_KEY, ROOT, Cluster, Worker, cluster_settings
 from support.flower import Flower
-from support.redis_server import RedisServer
 
 from pipeline import app
 from pipeline.app import configure
+from pipeline.redis_server import RedisServer
 from pipeline.simulator import Simulator, SimulatorConfig
 from settings import Settings, settings_env
 from tasks import complete

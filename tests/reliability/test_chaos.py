@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 from support.cluster import Cluster, cluster_settings
-from support.redis_server import RedisServer
 from support.workload import bodies
+
+from pipeline.redis_server import RedisServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 

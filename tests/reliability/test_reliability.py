@@ -11,9 +11,9 @@ import redis
 from kombu import Connection, Exchange, Producer
 from support.cluster import API_KEY, Cluster, cluster_settings
 from support.conformance import worst_excess
-from support.redis_server import RedisServer
 from support.workload import SIM, bodies, check_complete
 
+from pipeline.redis_server import RedisServer
 from tasks.runtime import current
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]

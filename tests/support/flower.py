@@ -14,8 +14,8 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from pipeline.redis_server import free_port
 from settings import Settings, settings_env
-from support.redis_server import free_port
 
 AUTH = "Basic " + base64.b64encode(b"user:pass").decode()
 

@@ -1,4 +1,4 @@
-"""Jobs in Redis: per-request state, results stored exactly once, dead letters.
+"""The job store in Redis: per-request state, results stored exactly once, dead letters.
 
 Tasks write here; `pipeline` submits, reads status, exports and replays. A job's
 keys share one hash tag so each script touches a single Cluster slot.

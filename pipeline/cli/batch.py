@@ -1,0 +1,225 @@
+"""The commands that take a batch file or write one: `run`, `submit`, `results`."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from budget import QuotaflowError
+from pipeline.batchfile import BatchFileError, BatchLine, read_batch
+from pipeline.cli.options import (
+    POOLS,
+    BatchArg,
+    DeploymentOpt,
+    JobArg,
+    JobIdOpt,
+    TenantOpt,
+    cluster,
+    cmd,
+    current_settings,
+    state,
+)
+from pipeline.console import console, errors
+from pipeline.embedded import sigterm_as_interrupt
+from pipeline.jobs import Jobs, check_job_id, new_job_id
+from pipeline.local import WorkerError, local_cluster
+from pipeline.views import failures_table, follow, job_table, lines, num, print_rejected
+from settings import Settings
+
+
+def _write_output(jobs: Jobs, job_id: str, path: Path) -> tuple[int, set[str]]:
+    """Write the job's finished requests (results, then failures) atomically."""
+    tmp = path.with_name(f".{path.name}.partial")
+    seen: set[str] = set()
+    with tmp.open("w", encoding="utf-8") as out:
+        for line in jobs.output_lines(job_id):
+            seen.add(line["custom_id"])
+            out.write(json.dumps(line, separators=(",", ":")) + "\n")
+    os.replace(tmp, path)
+    return len(seen), seen
+
+
+def _write_remaining(batch: Path, done: set[str], path: Path) -> int:
+    """The input lines with no output line yet, as a new batch file."""
+    n = 0
+    tmp = path.with_name(f".{path.name}.partial")
+    with tmp.open("w", encoding="utf-8") as out:
+        for item in read_batch(batch):
+            if isinstance(item, BatchLine) and item.custom_id not in done:
+                line = {"custom_id": item.custom_id, "method": "POST", "url": item.url,
+                        "body": item.body}  # fmt: skip
+                out.write(json.dumps(line, separators=(",", ":")) + "\n")
+                n += 1
+    os.replace(tmp, path)
+    return n
+
+
+def _check_batch(batch: Path) -> None:
+    if not batch.is_file():
+        raise BatchFileError(f"batch file not found: {batch}")
+
+
+def _check_output(output: Path) -> None:
+    """Fail before any work if the results cannot be written where asked."""
+    if output.is_dir():
+        raise QuotaflowError(f"--output {output} is a directory; give a file name in it")
+    parent = output.parent
+    if not parent.is_dir():
+        raise QuotaflowError(f"output directory does not exist: {parent}")
+    if not os.access(parent, os.W_OK | os.X_OK) or (
+        output.exists() and not os.access(output, os.W_OK)
+    ):
+        raise QuotaflowError(f"cannot write {output}: permission denied")
+
+
+def run(
+    batch: BatchArg,
+    output: Annotated[Path, typer.Option("--output", "-o", help="results (Batch output format)")],
+    workers: Annotated[int, typer.Option(min=0, help="local worker processes")] = 2,
+    concurrency: Annotated[int, typer.Option(min=1, help="calls in flight per worker")] = 8,
+    pool: Annotated[str, typer.Option(help=f"worker pool: {', '.join(POOLS)}")] = "prefork",
+    deployment: DeploymentOpt = None,
+    tenant: TenantOpt = None,
+    job_id: JobIdOpt = None,
+) -> None:
+    """Run a batch on this machine (configured or private Redis, local workers).
+
+    Live progress; results in the Batch output format. Ctrl-C stops and writes what is done.
+    """
+    settings = current_settings()
+    if deployment is not None:
+        settings.deployment(deployment)
+    if job_id is not None:
+        check_job_id(job_id)
+    _check_batch(batch)
+    _check_output(output)
+    if pool not in POOLS:
+        raise QuotaflowError(f"--pool must be one of {', '.join(POOLS)}, got {pool!r}")
+    if workers == 0 and settings.redis_url is None:
+        raise QuotaflowError("--workers 0 needs a running cluster: set QUOTAFLOW_REDIS_URL")
+    job_id = job_id or new_job_id()
+    embedded = settings.redis_url is None
+    started = time.monotonic()
+    stopped_by: BaseException | None = None
+    state.redis_url = settings.redis_url
+    with (
+        sigterm_as_interrupt(),
+        local_cluster(settings, workers=workers, concurrency=concurrency, pool=pool) as (rt, local),
+    ):
+        state.redis_url = rt.settings.redis_url  # the private one's, if started
+        jobs = Jobs(rt.settings, rt.jobs)
+        try:
+            with console.status(f"submitting {batch}"):
+                report = jobs.submit_file(
+                    batch, job_id=job_id, deployment=deployment, tenant=tenant
+                )
+            console.print(
+                f"job [bold]{escape(job_id)}[/]: {report.submitted} requests queued"
+                + (f", {report.skipped} already in the job" if report.skipped else "")
+                + (f", {len(report.rejected)} lines rejected" if report.rejected else "")
+            )
+            print_rejected(report)
+            follow(rt, jobs, job_id, local=local, deployments=_names(settings, deployment))
+        except (KeyboardInterrupt, WorkerError) as exc:
+            # Whatever stops the run, what is done is written out below.
+            stopped_by = exc
+            if isinstance(exc, KeyboardInterrupt):
+                console.print(
+                    "[yellow]interrupted[/]: stopping the workers; calls in flight finish "
+                    "(Ctrl-C again to force)"
+                )
+            try:
+                local.stop()
+            except KeyboardInterrupt:
+                local.stop(grace=0)
+        local.stop()
+        written, done = _write_output(jobs, job_id, output)
+        if rt.jobs.exists(job_id):
+            status = jobs.status(job_id)
+            elapsed = time.monotonic() - started
+            console.print(job_table(status, title=f"job {escape(job_id)}", elapsed=elapsed))
+            failures = failures_table(jobs, job_id)
+            if failures is not None:
+                console.print(failures)
+        console.print(f"wrote {lines(written)} to [bold]{escape(str(output))}[/]")
+        if stopped_by is not None:
+            _resume_hint(batch, output, done, job_id=job_id, embedded=embedded)
+    if isinstance(stopped_by, WorkerError):
+        raise stopped_by
+    if stopped_by is not None:
+        raise typer.Exit(130)
+
+
+def _names(settings: Settings, deployment: str | None) -> list[str]:
+    return [deployment] if deployment else [d.name for d in settings.deployments]
+
+
+def _resume_hint(batch: Path, output: Path, done: set[str], *, job_id: str, embedded: bool) -> None:
+    if embedded:
+        # The private Redis goes away with this process: carry the rest in a file.
+        remaining = output.with_name(output.stem + ".remaining.jsonl")
+        n = _write_remaining(batch, done, remaining)
+        if n:
+            rest = output.with_name(output.stem + ".rest.jsonl")
+            console.print(
+                f"{n} requests did not finish; they are in [bold]{escape(str(remaining))}[/].\n"
+                f"resume with: {escape(cmd('run', remaining, '-o', rest))} "
+                "(the two output files together are the whole batch)"
+            )
+        return
+    console.print(
+        "unfinished requests stay queued in Redis (workers elsewhere keep going).\n"
+        f"resume with: {escape(cmd('run', batch, '-o', output, '--job-id', job_id))}   "
+        "(finished requests are skipped)"
+    )
+
+
+def submit(
+    batch: BatchArg,
+    job_id: JobIdOpt = None,
+    deployment: DeploymentOpt = None,
+    tenant: TenantOpt = None,
+) -> None:
+    """Queue a batch on a running cluster; prints the job id and the rejected lines."""
+    if job_id is not None:
+        check_job_id(job_id)
+    _check_batch(batch)
+    rt = cluster()
+    jobs = Jobs(rt.settings, rt.jobs)
+    report = jobs.submit_file(batch, job_id=job_id, deployment=deployment, tenant=tenant)
+    console.print(
+        f"job [bold]{escape(report.job_id)}[/]: {report.submitted} queued, "
+        f"{report.skipped} skipped (already in the job), {len(report.rejected)} rejected, "
+        f"~{num(report.tokens_estimated)} tokens"
+    )
+    print_rejected(report, limit=50)
+    console.print(f"follow it with: {escape(cmd('status', report.job_id, '--watch'))}")
+
+
+def results(
+    job: JobArg,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="file (default: stdout)")
+    ] = None,  # fmt: skip
+) -> None:
+    """Export a job's results in the Batch output format."""
+    rt = cluster()
+    jobs = Jobs(rt.settings, rt.jobs)
+    current = jobs.status(job)
+    if output is None:
+        jobs.export(job, sys.stdout)
+    else:
+        n, _ = _write_output(jobs, job, output)
+        console.print(f"wrote {lines(n)} to {escape(str(output))}")
+    if not current.finished:
+        pending = current.total - current.counts["done"] - current.counts["failed"]
+        errors.print(
+            f"[yellow]job {escape(job)} is not finished: {pending} requests still pending[/]"
+        )

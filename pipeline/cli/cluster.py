@@ -1,0 +1,104 @@
+"""The commands that watch and drive a running cluster: status, replay, budget, metrics."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from budget import QuotaflowError
+from pipeline.cli.options import JobArg, cluster, cmd
+from pipeline.console import console
+from pipeline.embedded import sigterm_as_interrupt
+from pipeline.jobs import Jobs
+from pipeline.metrics_server import queue_depth
+from pipeline.views import budget_view, follow, job_table, jobs_table, queue_line, recover_line
+
+
+def status(
+    job: Annotated[str | None, typer.Argument(help="job id; none lists the jobs")] = None,
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="follow until finished")] = False,
+) -> None:
+    """A job's progress, or the list of jobs."""
+    rt = cluster()
+    jobs = Jobs(rt.settings, rt.jobs)
+    if job is None:
+        console.print(jobs_table(jobs))
+        return
+    current = jobs.status(job)
+    if watch and not current.finished:
+        with contextlib.suppress(KeyboardInterrupt):
+            current = follow(rt, jobs, job)
+    console.print(job_table(current, title=f"job {escape(job)}"))
+    depth = queue_depth(rt.redis, rt.settings)
+    console.print(queue_line(depth.ready, depth.deferred), soft_wrap=True)
+
+
+def replay(job: JobArg) -> None:
+    """Resubmit a job's dead letters (once their cause is fixed)."""
+    rt = cluster()
+    replayed, skipped = Jobs(rt.settings, rt.jobs).replay(job)
+    console.print(f"job {escape(job)}: {replayed} requests resubmitted, {skipped} not "
+                  "replayable (invalid input lines)")  # fmt: skip
+
+
+def recover(job: JobArg) -> None:
+    """Send again the requests whose message the broker lost (e.g. in a Redis crash).
+
+    A request counts as lost once it has been silent for recover_after_seconds.
+    """
+    rt = cluster()
+    jobs = Jobs(rt.settings, rt.jobs)
+    n = jobs.recover(job)
+    console.print(recover_line(jobs, job, sent=n, again=cmd("recover", job)), soft_wrap=True)
+
+
+def budget(
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="refresh every second")] = False,
+) -> None:
+    """The token budget of each deployment: free, booked ahead, cooldowns, recent 429s."""
+    rt = cluster()
+    if not watch:
+        console.print(budget_view(rt))
+        return
+    from rich.live import Live
+
+    with (
+        sigterm_as_interrupt(),
+        contextlib.suppress(KeyboardInterrupt),
+        Live(budget_view(rt), console=console, refresh_per_second=2) as live,
+    ):
+        while True:
+            time.sleep(1)
+            live.update(budget_view(rt))
+
+
+def _check_port(port: int) -> None:
+    if not 1 <= port <= 65535:
+        raise QuotaflowError(f"--port must be between 1 and 65535, got {port}")
+
+
+def metrics(
+    port: Annotated[int, typer.Option(help="port to listen on")] = 9108,
+    host: Annotated[
+        str, typer.Option(help="interface; loopback unless you mean it")
+    ] = "127.0.0.1",  # fmt: skip
+) -> None:
+    """Serve Prometheus metrics read from Redis at scrape time."""
+    from pipeline.metrics_server import serve
+
+    _check_port(port)
+    rt = cluster()
+    server = serve(rt, host=host, port=port)
+    console.print(
+        f"serving Prometheus metrics at {escape(f'http://{host}:{port}/metrics')} (Ctrl-C stops)"
+    )
+    try:
+        with sigterm_as_interrupt(), contextlib.suppress(KeyboardInterrupt):
+            while True:
+                time.sleep(3600)
+    finally:
+        server.shutdown()
