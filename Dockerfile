@@ -5,6 +5,7 @@ COPY settings settings
 COPY budget budget
 COPY tasks tasks
 COPY pipeline pipeline
+COPY simulator simulator
 RUN pip install --no-cache-dir . && useradd --system quotaflow
 USER quotaflow
 CMD ["celery", "-A", "pipeline", "worker", "-Q", "quotaflow,quotaflow.retry", "-P", "threads", "-c", "64", "-l", "info"]

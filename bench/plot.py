@@ -201,7 +201,7 @@ def render(ctx: Context, runtime_s: float, plots: Sequence[str]) -> str:
         f"per 1,000 TPM, so tokens bind). The workload is {lb / s.minute:.1f} minutes of quota "
         f"(demand {lb / s.minute:.1f}x the quota). Lower bound LB = max(tokens / TPM, "
         f"requests / RPM) = {lb:.2f} s.",
-        f"- Provider: `python -m pipeline.simulator` in its own process, no faults. OpenAI "
+        f"- Provider: `python -m simulator` in its own process, no faults. OpenAI "
         f"policy: a bucket holding {s.minute:g} s of quota (`bucket_seconds`), refilled "
         f"continuously. Azure policy: token periods of {s.check_seconds:.3f} s (10 s "
         "compressed, `check_seconds`) each admitting 1/6 of a minute's tokens, request "

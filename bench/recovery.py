@@ -108,8 +108,8 @@ def run_scenario(name: str) -> dict[str, Any]:
     from pipeline.app import configure
     from pipeline.jobs import Jobs
     from pipeline.metrics_server import queue_depth
-    from pipeline.simulator import Simulator, SimulatorConfig
     from settings import DeploymentSettings, Settings, settings_env
+    from simulator import Simulator, SimulatorConfig
     from tasks import runtime
 
     pool, _ = SCENARIOS[name]

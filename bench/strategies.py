@@ -1,7 +1,7 @@
 """quotaflow against the usual alternatives: one workload, one Redis, one simulator.
 
 Run with `make bench` or `python -m bench.strategies` (`--quick` for a small smoke run).
-Starts a throwaway redis-server and the simulator (`python -m pipeline.simulator`), then,
+Starts a throwaway redis-server and the simulator (`python -m simulator`), then,
 for each worker count, real `celery -A pipeline worker` processes (quotaflow) and real
 `celery -A bench.alternatives worker` processes (naive retry, Celery rate_limit, the
 article's budget check), and last a single-process asyncio pacer (the cookbook's). Each
@@ -84,11 +84,11 @@ def _log(msg: str) -> None:
 
 
 class SimulatorProcess:
-    """`python -m pipeline.simulator` in its own process, driven over HTTP."""
+    """`python -m simulator` in its own process, driven over HTTP."""
 
     def __init__(self, scale: Scale, quota: Quota) -> None:
         args = [
-            sys.executable, "-m", "pipeline.simulator", "--port", "0",
+            sys.executable, "-m", "simulator", "--port", "0",
             "--tpm", str(quota.tpm), "--rpm", str(quota.rpm),
             "--bucket-seconds", repr(scale.minute), "--check-seconds", repr(scale.check_seconds),
             "--request-check-seconds", repr(scale.request_check_seconds),

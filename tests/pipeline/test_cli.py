@@ -21,8 +21,8 @@ from support.cluster import ROOT, sim_deployment
 from support.redis_server import free_port
 
 from budget import Gate
-from pipeline.simulator import Simulator
 from settings import DeploymentSettings, settings_env
+from simulator import Simulator
 from tasks.jobs import JobStore
 from tasks.metrics import Metrics
 

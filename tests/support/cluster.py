@@ -15,8 +15,8 @@ from typing import Any
 from pipeline import app
 from pipeline.app import configure
 from pipeline.jobs import Jobs
-from pipeline.simulator import Simulator
 from settings import DeploymentSettings, Settings, settings_env
+from simulator import Simulator
 from tasks import runtime
 from tasks.jobs import JobStatus
 
