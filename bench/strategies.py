@@ -59,10 +59,11 @@ def run_all(ctx: Context) -> None:
 def code_version() -> str:
     def git(*args: str) -> str:
         out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
-        return out.stdout.strip()
+        return out.stdout.rstrip()  # porcelain lines may start with a space
 
     head = git("rev-parse", "--short", "HEAD") or "unknown"
-    dirty = git("status", "--porcelain", "--", "settings", "budget", "tasks", "pipeline")
+    measured = ("settings", "budget", "tasks", "pipeline", "simulator")
+    dirty = git("status", "--porcelain", "--", *measured)
     files = [line[3:] for line in dirty.splitlines()]
     return head + (f" plus uncommitted changes to {', '.join(files)}" if files else "")
 
