@@ -1,29 +1,23 @@
-"""Simulators started per test, fast and seeded unless told otherwise."""
+"""Simulators started per test: fast, seeded and keyless unless told otherwise."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from support.sim_client import FAST, StartSim
 
-from simulator import Simulator, SimulatorConfig
+from simulator import Simulator
 
 
 @pytest.fixture
-def start_sim() -> Iterator[StartSim]:
-    """Start simulators with ``SimulatorConfig`` overrides (fast by default); stop them after."""
-    started: list[Simulator] = []
+def start_sim(simulator: StartSim) -> StartSim:
+    """Start simulators with ``SimulatorConfig`` overrides; the root fixture stops them."""
 
     def start(**overrides: Any) -> Simulator:
-        sim = Simulator(SimulatorConfig(**(FAST | {"seed": 7} | overrides))).start()
-        started.append(sim)
-        return sim
+        return simulator(**(FAST | {"seed": 7, "api_key": None} | overrides))
 
-    yield start
-    for sim in started:
-        sim.stop()
+    return start
 
 
 @pytest.fixture
