@@ -5,6 +5,7 @@ COPY settings settings
 COPY budget budget
 COPY tasks tasks
 COPY pipeline pipeline
+COPY simulator simulator
 # The versions the tests ran with (constraints.txt, refreshed by `make lock`).
 RUN pip install --no-cache-dir -c constraints.txt . && useradd --system quotaflow
 USER quotaflow

@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
-sources = pipeline tasks budget settings tests bench
+sources = pipeline tasks budget settings simulator tests bench
 
 .PHONY: install lock demo test test-all lint bench worker flower up down chaos clean
 

@@ -33,8 +33,8 @@ from pipeline import app
 from pipeline.app import configure
 from pipeline.jobs import Jobs
 from pipeline.local import LocalWorkers
-from pipeline.simulator import Simulator, SimulatorConfig
 from settings import DeploymentSettings, Settings
+from simulator import Simulator, SimulatorConfig
 from tasks import runtime
 
 HERE = Path(__file__).resolve().parent

@@ -69,8 +69,8 @@ def run_scenario(name: str) -> dict[str, Any]:
     from pipeline.app import configure
     from pipeline.jobs import Jobs
     from pipeline.metrics_server import queue_depth
-    from pipeline.simulator import Simulator, SimulatorConfig
     from settings import DeploymentSettings, Settings
+    from simulator import Simulator, SimulatorConfig
     from tasks import runtime
 
     pool, _ = SCENARIOS[name]

@@ -24,9 +24,9 @@ from budget.estimate import estimate_request
 from pipeline.embedded import sigterm_as_interrupt
 from pipeline.jobs import Jobs
 from pipeline.local import local_cluster
-from pipeline.simulator import Simulator, SimulatorConfig
 from pipeline.views import console, follow, job_table
 from settings import DeploymentSettings, Settings
+from simulator import Simulator, SimulatorConfig
 
 MODEL = "gpt-4o-mini"
 #: The provider's bucket holds this many seconds of quota (OpenAI's holds 60; less

@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from support.cluster import API_KEY, Cluster, cluster_settings  # noqa: E402
 
 from pipeline.redis_server import RedisServer  # noqa: E402
-from pipeline.simulator import Simulator, SimulatorConfig  # noqa: E402
+from simulator import Simulator, SimulatorConfig  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ from support.cluster import ROOT
 
 def test_the_wheel_builds_without_warnings_and_holds_the_lua_scripts(tmp_path: Path) -> None:
     src = tmp_path / "src"
-    for name in ("settings", "budget", "tasks", "pipeline"):
+    for name in ("settings", "budget", "tasks", "pipeline", "simulator"):
         shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src / name)

@@ -14,7 +14,7 @@ def simulate(ctx: typer.Context) -> None:
 
     Listens where the default deployment calls: simulator_host:simulator_port (127.0.0.1:8765).
     """
-    from pipeline import simulator
+    import simulator
 
     settings = current_settings()
     code = simulator.main(

@@ -21,8 +21,8 @@ from support.cluster import ROOT, sim_deployment
 
 from budget import Gate
 from pipeline.redis_server import free_port
-from pipeline.simulator import Simulator
 from settings import DeploymentSettings, settings_env
+from simulator import Simulator
 from tasks.jobstore import JobStore
 from tasks.metrics import Metrics
 

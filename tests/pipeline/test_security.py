@@ -21,8 +21,8 @@ from support.flower import Flower
 from pipeline import app
 from pipeline.app import configure
 from pipeline.redis_server import RedisServer
-from pipeline.simulator import Simulator, SimulatorConfig
 from settings import Settings, settings_env
+from simulator import Simulator, SimulatorConfig
 from tasks import complete
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]

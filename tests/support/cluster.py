@@ -12,8 +12,8 @@ from pipeline import app
 from pipeline.app import configure
 from pipeline.jobs import Jobs
 from pipeline.local import LocalWorker
-from pipeline.simulator import Simulator
 from settings import DeploymentSettings, Settings
+from simulator import Simulator
 from tasks import runtime
 from tasks.jobstore import JobStatus
 
