@@ -7,6 +7,14 @@
 `budget` knows nothing of Celery; callers turn decisions into retries.
 """
 
+from budget.decisions import (
+    Admission,
+    BudgetSnapshot,
+    Decision,
+    Outcome,
+    Redemption,
+    Reservation,
+)
 from budget.errors import (
     BudgetError,
     BudgetStoreError,
@@ -17,15 +25,7 @@ from budget.errors import (
     QuotaflowError,
 )
 from budget.estimate import Estimate, encoding_for_model, estimate_request
-from budget.gate import (
-    Admission,
-    BudgetSnapshot,
-    Decision,
-    Gate,
-    Outcome,
-    Redemption,
-    Reservation,
-)
+from budget.gate import Gate
 
 __all__ = [
     "Admission",

@@ -6,19 +6,25 @@ All times are the Redis server's clock, in seconds, never the caller's.
 
 from __future__ import annotations
 
-import enum
 import logging
 import math
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 
 import redis
 
+from budget.decisions import (
+    Admission,
+    BudgetSnapshot,
+    Decision,
+    Outcome,
+    Redemption,
+    Reservation,
+)
 from budget.errors import NeverAdmissible
-from budget.keys import DeploymentKeys, deployment_keys
+from budget.limits import Limits, check_admissible, number
 from budget.store import ScriptStore
-from budget.window import Windows, window_state
+from budget.window import window_state
 from settings import DeploymentSettings, SettingsError
 
 log = logging.getLogger(__name__)
@@ -45,133 +51,12 @@ _NEIGHBOUR_SMOOTHING_SECONDS = 10.0
 _NEIGHBOUR_SAMPLE_SECONDS = 1.0
 
 
-class Outcome(enum.Enum):
-    GRANTED = "granted"
-    BOOKED = "booked"
-    WAIT = "wait"
-    NEVER = "never"
-
-
-@dataclass(frozen=True)
-class Reservation:
-    """Budget held for one call; pass it back to `settle`."""
-
-    #: Unique id; settlement is idempotent per id.
-    id: str
-    #: Deployment the budget was taken from.
-    deployment: str
-    #: Tokens charged at admission.
-    tokens: int
-    #: Requests charged at admission.
-    requests: int
-    #: Redis time (seconds) at which the call may start.
-    start_at: float
-
-
-@dataclass(frozen=True)
-class Decision:
-    """The gate's answer to one `reserve`."""
-
-    #: granted now, booked for later, wait and ask again, or never.
-    outcome: Outcome
-    #: Redis time (seconds) when the decision was made.
-    now: float
-    #: The reservation, when granted or booked.
-    reservation: Reservation | None = None
-    #: Seconds to wait before asking again (outcome WAIT).
-    wait: float = 0.0
-    #: The dimension that decided ("tokens" or "requests"), if any.
-    dimension: str | None = None
-    #: Why it can never be admitted (outcome NEVER).
-    error: NeverAdmissible | None = None
-
-    @property
-    def countdown(self) -> float:
-        """Seconds from the decision until the call may start (0 when granted now)."""
-        if self.reservation is None:
-            return self.wait
-        return max(0.0, self.reservation.start_at - self.now)
-
-
-class Redemption(enum.Enum):
-    """What a booked task finds when it comes back (`Gate.redeem`)."""
-
-    #: The booking is good and now used up: call at its start.
-    VALID = "valid"
-    #: The task came back well before its slot: the booking is kept; wait again.
-    EARLY = "early"
-    #: A cooldown came after the booking: its slot was planned for a provider that
-    #: has since refused us. Used up; ask the gate again.
-    STALE = "stale"
-    #: No such booking: already used (a duplicated message), expired, or never made
-    #: by the gate (a forged header). Ask the gate again.
-    UNKNOWN = "unknown"
-
-
 _REDEMPTIONS = {
     0: Redemption.VALID,
     1: Redemption.UNKNOWN,
     2: Redemption.STALE,
     3: Redemption.EARLY,
 }
-
-
-@dataclass(frozen=True)
-class BudgetSnapshot:
-    """A deployment's budget as the gate sees it, for status displays."""
-
-    #: Deployment name.
-    deployment: str
-    #: Redis time of the reading.
-    now: float
-    #: Tokens that could be admitted right now.
-    tokens_available: float
-    #: Burst capacity in tokens.
-    tokens_capacity: float
-    #: Requests that could be admitted right now.
-    requests_available: float
-    #: Burst capacity in requests.
-    requests_capacity: float
-    #: Seconds of quota already booked beyond the current burst.
-    booked_ahead_seconds: float
-    #: Seconds left of a provider cooldown (0 when none).
-    cooldown_seconds: float
-    #: Share of the configured token rate the gate admits now (< 1 after a 429 or
-    #: while a neighbour is learned).
-    rate_factor: float = 1.0
-    #: Share of the configured request rate the gate admits now.
-    request_rate_factor: float = 1.0
-    #: Tokens per minute that other clients on the key are learned to use.
-    neighbour_tpm: float = 0.0
-    #: Requests per minute that other clients on the key are learned to use.
-    neighbour_rpm: float = 0.0
-    #: Tokens per minute the gate admits now (configured tpm x rate_factor).
-    effective_tpm: float = 0.0
-    #: Requests per minute the gate admits now.
-    effective_rpm: float = 0.0
-
-
-@dataclass(frozen=True)
-class Admission:
-    """One line of the admission log."""
-
-    #: Redis time (seconds) at which the call was allowed to start.
-    start_at: float
-    tokens: int
-    requests: int
-    reservation_id: str
-
-
-@dataclass(frozen=True)
-class _Limits:
-    settings: DeploymentSettings
-    keys: DeploymentKeys
-    token_interval_us: float
-    request_interval_us: float
-    token_tolerance_us: float
-    request_tolerance_us: float
-    #: The window limiter's windows; None for a bucket.
-    windows: Windows | None = None
 
 
 class Gate:
@@ -201,21 +86,11 @@ class Gate:
         self.horizon_seconds = horizon_seconds
         self.max_cooldown_seconds = max_cooldown_seconds
         self.admission_log = admission_log
-        self._limits: dict[str, _Limits] = {}
+        self._limits: dict[str, Limits] = {}
         for dep in deployments:
-            token_interval = 60 * _US / dep.tpm
-            request_interval = 60 * _US / dep.rpm
-            self._limits[dep.name] = _Limits(
-                settings=dep,
-                keys=deployment_keys(key_prefix, dep.name),
-                token_interval_us=token_interval,
-                request_interval_us=request_interval,
-                token_tolerance_us=dep.token_capacity * token_interval,
-                request_tolerance_us=dep.request_capacity * request_interval,
-                windows=Windows.of(dep),
-            )
+            self._limits[dep.name] = Limits.of(dep, key_prefix)
 
-    def limits(self, deployment: str) -> _Limits:
+    def limits(self, deployment: str) -> Limits:
         try:
             return self._limits[deployment]
         except KeyError:
@@ -418,8 +293,8 @@ class Gate:
                 "window_push",
                 [lim.keys.window, lim.keys.settled("-")],
                 lim.windows.push_args(
-                    remaining_tokens=_number(lower.get("x-ratelimit-remaining-tokens")),
-                    remaining_requests=_number(lower.get("x-ratelimit-remaining-requests")),
+                    remaining_tokens=number(lower.get("x-ratelimit-remaining-tokens")),
+                    remaining_requests=number(lower.get("x-ratelimit-remaining-requests")),
                 ),
             )
         else:
@@ -428,7 +303,7 @@ class Gate:
             log.info("deployment %s: provider reports less quota left; gate tightened", deployment)
         return bool(moved)
 
-    def _observe_buckets(self, lim: _Limits, lower: Mapping[str, str]) -> int:
+    def _observe_buckets(self, lim: Limits, lower: Mapping[str, str]) -> int:
         dep = lim.settings
         args: list[str] = []
         left: list[str] = []
@@ -437,11 +312,11 @@ class Gate:
             ("tokens", lim.token_interval_us, lim.token_tolerance_us, dep.tpm),
             ("requests", lim.request_interval_us, lim.request_tolerance_us, dep.rpm),
         ):
-            remaining = _number(lower.get(f"x-ratelimit-remaining-{dim}"))
+            remaining = number(lower.get(f"x-ratelimit-remaining-{dim}"))
             # The bucket holds `remaining` when its TAT is tolerance - remaining ahead.
             args.append("" if remaining is None else repr(tolerance - remaining * interval))
             left.append("" if remaining is None else repr(remaining))
-            limits.append(_number(lower.get(f"x-ratelimit-limit-{dim}")) or per_minute)
+            limits.append(number(lower.get(f"x-ratelimit-limit-{dim}")) or per_minute)
         _, moved = self.store.run(
             "observe",
             [lim.keys.tokens, lim.keys.requests, lim.keys.rate],
@@ -542,27 +417,3 @@ class Gate:
             start, tokens, requests, rid = raw.decode().split(" ")
             out.append(Admission(int(start) / _US, int(tokens), int(requests), rid))
         return out
-
-
-def check_admissible(dep: DeploymentSettings, *, tokens: int, requests: int = 1) -> None:
-    """Raise NeverAdmissible when a cost exceeds the deployment's burst (or a window's
-    allowance) in any dimension."""
-    for dimension, cost, capacity in (
-        ("tokens", tokens, dep.token_capacity),
-        ("requests", requests, dep.request_capacity),
-    ):
-        if cost > capacity:
-            raise NeverAdmissible(
-                deployment=dep.name, dimension=dimension, requested=cost, capacity=capacity,
-                hint=dep.capacity_hint,
-            )  # fmt: skip
-
-
-def _number(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        number = float(value)
-    except ValueError:
-        return None
-    return number if math.isfinite(number) and number >= 0 else None

@@ -13,7 +13,7 @@ from typing import Any, TextIO
 
 from budget import InvalidRequest, NeverAdmissible
 from budget.estimate import estimate_request
-from budget.gate import check_admissible
+from budget.limits import check_admissible
 from pipeline.batchfile import URLS, BatchLine, LineError, output_error_line, read_batch
 from pipeline.recovery import Recovery, pending_request, send
 from settings import Settings, SettingsError

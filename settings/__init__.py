@@ -1,16 +1,18 @@
 """quotaflow settings: read once at the edge (app start, CLI), passed down as objects."""
 
 from settings.config import (
-    AccountingMode,
-    DeploymentSettings,
-    LimiterKind,
-    ProviderKind,
     Settings,
-    SettingsError,
     describe_validation_error,
     load_settings,
     redact_url,
     settings_env,
+)
+from settings.deployment import (
+    AccountingMode,
+    DeploymentSettings,
+    LimiterKind,
+    ProviderKind,
+    SettingsError,
 )
 
 __all__ = [
