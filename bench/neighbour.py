@@ -105,7 +105,7 @@ def run_one(strategy: str, share: float, pattern: str, redis_url: str) -> Run:
     # Three times what the measured minute admits (after the warm-up).
     budget = 3 * TPM * (WARMUP + MEASURED) / 60
     work = make_workload(int(budget / 700) + 50, seed=int(share * 100) + len(pattern))
-    with LocalWorkers(settings, count=2, concurrency=16, pool="threads", loglevel="WARNING") as w:
+    with LocalWorkers(settings, count=2, concurrency=16, pool="threads") as w:
         w.wait_ready()
         neighbour_tpm = int(share * TPM)
         sim.configure(neighbour_tpm=neighbour_tpm)

@@ -67,8 +67,8 @@ class Redemption(enum.Enum):
     VALID = "valid"
     #: The task came back well before its slot: the booking is kept; wait again.
     EARLY = "early"
-    #: A cooldown came after the booking: its slot was planned for a provider that
-    #: has since refused us. Used up; ask the gate again.
+    #: The slot falls inside a provider cooldown that came after the booking: calling
+    #: then would meet a provider that refuses us. Used up; ask the gate again.
     STALE = "stale"
     #: No such booking: already used (a duplicated message), expired, or never made
     #: by the gate (a forged header). Ask the gate again.

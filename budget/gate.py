@@ -130,7 +130,6 @@ class Gate:
                 lim.keys.cooldown,
                 lim.keys.rate,
                 lim.keys.log,
-                lim.keys.epoch,
                 lim.keys.booking(rid),
             ]
             args = lim.windows.reserve_args(
@@ -144,7 +143,6 @@ class Gate:
                 lim.keys.requests,
                 lim.keys.log,
                 lim.keys.rate,
-                lim.keys.epoch,
                 lim.keys.booking(rid),
             ]
             args = [
@@ -197,7 +195,7 @@ class Gate:
         lim = self.limits(reservation.deployment)
         now_us, status = self.store.run(
             "redeem",
-            [lim.keys.booking(reservation.id), lim.keys.epoch, lim.keys.rate],
+            [lim.keys.booking(reservation.id), lim.keys.cooldown, lim.keys.rate],
             [
                 int(reservation.start_at * _US),
                 int(inline_seconds * _US),
@@ -249,7 +247,7 @@ class Gate:
         """After a provider 429: admit nothing anywhere before `seconds` from now.
 
         The buckets are left empty at the end of the cooldown, as the provider's are.
-        Every booking made before it goes stale. `seconds` comes from the provider
+        A booking whose slot falls inside it goes stale. `seconds` comes from the provider
         (or a proxy): it is capped at `max_cooldown_seconds`. `refused` is the call
         that got the 429: the provider did not count it, and neither does the
         neighbour estimate.
@@ -262,7 +260,7 @@ class Gate:
         window = lim.windows is not None
         self.store.run(
             "cooldown",
-            [lim.keys.tokens, lim.keys.requests, lim.keys.cooldown, lim.keys.rate, lim.keys.epoch],
+            [lim.keys.tokens, lim.keys.requests, lim.keys.cooldown, lim.keys.rate],
             [
                 "" if window else repr(offset_us + lim.token_tolerance_us),
                 "" if window else repr(offset_us + lim.request_tolerance_us),

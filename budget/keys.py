@@ -22,8 +22,6 @@ class DeploymentKeys:
     rate: str
     #: Admission log (when enabled): "start_us tokens requests reservation_id".
     log: str
-    #: Counter moved on by every cooldown: bookings made before it are stale.
-    epoch: str
     #: Window limiter: the starts still inside a window or booked, a sorted set of
     #: "tokens requests id" scored by start (see window.lua).
     window: str
@@ -47,7 +45,6 @@ def deployment_keys(prefix: str, deployment: str) -> DeploymentKeys:
         cooldown=f"{tag}:cooldown",
         rate=f"{tag}:rate",
         log=f"{tag}:admissions",
-        epoch=f"{tag}:epoch",
         window=f"{tag}:window",
         settled_prefix=f"{tag}:settled:",
         booking_prefix=f"{tag}:booking:",

@@ -5,8 +5,6 @@
 -- KEYS[2]  TAT of the request bucket
 -- KEYS[3]  cooldown marker (Redis microseconds at which the cooldown ends)
 -- KEYS[4]  rate state (hash, see observe.lua): fields cut, cut_at
--- KEYS[5]  the deployment's epoch: moved on, so every booking made before this
---          429 is stale (redeem.lua)
 -- ARGV[1]  lowest TAT for tokens, as an offset from now, microseconds ("" = no
 --          bucket: the window limiter reads the cooldown marker itself)
 -- ARGV[2]  lowest TAT for requests, as an offset from now, microseconds ("" = none)
@@ -49,7 +47,6 @@ local current = tonumber(redis.call("GET", KEYS[3]) or 0)
 if until_us > current then
   redis.call("SET", KEYS[3], string.format("%d", until_us), "PX", math.max(1, cooldown_ms))
 end
-redis.call("INCR", KEYS[5])
 for d, field in ipairs({"ours_t", "ours_r"}) do
   local refused = tonumber(ARGV[6 + d])
   if refused > 0 then

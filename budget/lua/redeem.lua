@@ -1,11 +1,13 @@
 -- redeem.lua: check a booked reservation when its task comes back, and use it up.
 --
--- A booking is written by reserve.lua with the deployment's epoch at booking time.
--- A provider 429 (cooldown) moves the epoch on, so bookings made before it are
--- stale: their slots were planned for a provider that has since refused us.
+-- A booking is written by reserve.lua (or window.lua) when it is made; using it
+-- deletes it, so a second copy of the message, or a header the gate never wrote,
+-- finds nothing and must ask the gate again. A booking whose slot falls inside a
+-- provider cooldown that began after it was made is stale: calling then would meet
+-- a provider that is refusing us. Bookings beyond the cooldown keep their slots.
 --
--- KEYS[1]  booking marker of this reservation (value: epoch when booked)
--- KEYS[2]  the deployment's epoch (missing = 0)
+-- KEYS[1]  booking marker of this reservation
+-- KEYS[2]  cooldown marker (Redis microseconds at which the cooldown ends)
 -- KEYS[3]  rate state (hash): a used booking's units count as started (ours_t, ours_r)
 -- ARGV[1]  the booking's start, Redis microseconds
 -- ARGV[2]  how early the task may be and still use the booking now, microseconds
@@ -14,7 +16,7 @@
 --
 -- Returns {now_us, status}
 --   status: 0 valid (used up now), 1 unknown (never booked, already used, or
---           expired), 2 stale (booked before a cooldown; used up), 3 early (kept)
+--           expired), 2 stale (inside a cooldown; used up), 3 early (kept)
 
 if redis.replicate_commands then redis.replicate_commands() end
 
@@ -23,12 +25,11 @@ local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local start = tonumber(ARGV[1])
 local inline = tonumber(ARGV[2])
 
-local booked = redis.call("GET", KEYS[1])
-if not booked then
+if redis.call("EXISTS", KEYS[1]) == 0 then
   return {now, 1}
 end
-local epoch = redis.call("GET", KEYS[2]) or "0"
-if booked ~= epoch then
+local cooling_until = tonumber(redis.call("GET", KEYS[2]) or 0)
+if cooling_until > now and start < cooling_until then
   redis.call("DEL", KEYS[1])
   return {now, 2}
 end

@@ -12,8 +12,7 @@
 --          each dimension runs at is the smaller of the AIMD factor after a 429
 --          (cut, regained with time since cut_at) and the learned one (f_t, f_r);
 --          units started now are counted in ours_t, ours_r
--- KEYS[5]  the deployment's epoch (moved on by every cooldown; missing = 0)
--- KEYS[6]  booking marker of this reservation (written when booked; see redeem.lua)
+-- KEYS[5]  booking marker of this reservation (written when booked; see redeem.lua)
 -- ARGV[1]  token cost
 -- ARGV[2]  request cost
 -- ARGV[3]  microseconds per token   (60e6 / tpm)
@@ -111,9 +110,9 @@ if start - now <= tonumber(ARGV[13]) then
   redis.call("HINCRBY", KEYS[4], "ours_r", costs[2])
 end
 if start > now then
-  -- The booking is single-use and remembers the epoch, so that a copy of the
-  -- message, a forged header or a booking made before a 429 cannot skip the gate.
-  redis.call("SET", KEYS[6], redis.call("GET", KEYS[5]) or "0", "PX",
+  -- The booking is single-use, so that a copy of the message or a forged header
+  -- cannot skip the gate.
+  redis.call("SET", KEYS[5], "1", "PX",
              math.floor((start - now) / 1000) + tonumber(ARGV[11]))
   return {1, now, start, 0, binding}
 end

@@ -23,8 +23,7 @@
 -- KEYS[3]  rate state (hash, see reserve.lua): the factor each dimension runs at
 --          shrinks its windows' allowance; units started now are counted
 -- KEYS[4]  admission log (list), written only when ARGV[8] == "1"
--- KEYS[5]  the deployment's epoch (moved on by every cooldown; missing = 0)
--- KEYS[6]  booking marker of this reservation (written when booked; see redeem.lua)
+-- KEYS[5]  booking marker of this reservation (written when booked; see redeem.lua)
 -- ARGV[1]  token cost
 -- ARGV[2]  request cost
 -- ARGV[3]  tokens allowed per token window
@@ -230,8 +229,8 @@ if start - now <= tonumber(ARGV[13]) then
   redis.call("HINCRBY", KEYS[3], "ours_r", costs[2])
 end
 if start > now then
-  -- Single-use, remembering the epoch (see reserve.lua and redeem.lua).
-  redis.call("SET", KEYS[6], redis.call("GET", KEYS[5]) or "0", "PX",
+  -- Single-use (see reserve.lua and redeem.lua).
+  redis.call("SET", KEYS[5], "1", "PX",
              math.floor((start - now) / 1000) + tonumber(ARGV[11]))
   return {1, now, start, 0, binding}
 end

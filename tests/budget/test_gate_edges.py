@@ -112,9 +112,9 @@ def test_edge_early_return_keeps_the_booking(redis_client: redis.Redis) -> None:
 
 
 def test_edge_booking_made_before_a_cooldown_is_stale(redis_client: redis.Redis) -> None:
-    # G2: a 429 after the booking: its slot was planned for a provider that refuses.
+    # G2: a 429 after the booking, whose slot falls inside the cooldown: no call then.
     gate = gate_for(redis_client)
-    r = book(gate)
+    r = book(gate)  # 0.1 s ahead
     gate.cooldown("d1", 1.0)
     assert gate.redeem(r, inline_seconds=1.0)[0] is Redemption.STALE
     assert gate.redeem(r, inline_seconds=1.0)[0] is Redemption.UNKNOWN
@@ -122,6 +122,18 @@ def test_edge_booking_made_before_a_cooldown_is_stale(redis_client: redis.Redis)
     fresh = gate.reserve("d1", tokens=10).reservation
     assert fresh is not None
     assert gate.redeem(fresh, inline_seconds=60.0)[0] is Redemption.VALID
+
+
+def test_edge_a_booking_beyond_the_cooldown_keeps_its_slot(redis_client: redis.Redis) -> None:
+    # A 429 must not throw away the whole horizon of bookings: those due after the
+    # cooldown ends are still good (the cooldown already put new work behind them).
+    gate = gate_for(redis_client)
+    gate.reserve("d1", tokens=1000)
+    gate.reserve("d1", tokens=1000)
+    far = gate.reserve("d1", tokens=1000).reservation  # ~2 s out
+    assert far is not None
+    gate.cooldown("d1", 0.5)
+    assert gate.redeem(far, inline_seconds=5.0)[0] is Redemption.VALID
 
 
 def test_edge_a_script_error_is_not_an_outage(redis_client: redis.Redis) -> None:
