@@ -10,14 +10,14 @@
 --     where `ours` is what this gate let start in between (counted by reserve.lua
 --     and redeem.lua). That holds only while the provider's bucket cannot have
 --     been full in between (left_before + rate * dt < limit): a full bucket loses
---     refill that would read as a neighbour. A bucket that is full, though, is
---     wasting refill: the estimate is too high, and the sample counts as no
---     neighbour (a probe upward; a neighbour that is really there drains the
---     bucket again and is learned again). Any other sample tells nothing and is
---     skipped. Samples are smoothed with a time
+--     refill that would read as a neighbour. A bucket that is (nearly) full
+--     again, though, is wasting refill: the estimate is too high, and the sample
+--     counts as no neighbour (a probe upward; a neighbour that is really there
+--     drains the bucket again and is learned again). Any other sample tells
+--     nothing and is skipped. Samples are smoothed with a time
 --     constant; the effective factor for reserve.lua is
 --         1 - (neighbour + margin) / rate
---     with a margin of two standard errors of the smoothed estimate, so it narrows
+--     with a margin of one standard error of the smoothed estimate, so it narrows
 --     as the estimate steadies, and decays with time once the neighbour goes quiet.
 --
 -- KEYS[1]  TAT of the token bucket
@@ -93,7 +93,7 @@ if dt and dt <= 10 * tau then
       local sample = nil
       if before + refill < limits[d] then
         sample = math.max(0, (before - left + refill - (ours[d] - seen)) / dt)
-      elseif left >= 0.98 * limits[d] then
+      elseif left >= limits[d] - refill then
         sample = 0
       end
       if sample then
@@ -101,7 +101,7 @@ if dt and dt <= 10 * tau then
         local v = tonumber(s[9 + d]) or 0
         n = n + w * (sample - n)
         v = v + w * ((sample - n) ^ 2 - v)
-        local factor = 1 - (n + 2 * se * math.sqrt(v)) / rates[d]
+        local factor = 1 - (n + se * math.sqrt(v)) / rates[d]
         if factor < lowest then factor = lowest end
         if factor > 1 then factor = 1 end
         local k = dims[d]
