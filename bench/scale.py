@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import redis
+from pydantic import SecretStr
 
 from bench.fleets import API_KEY, SimulatorProcess
 from bench.workload import Quota, Scale, make_workload
@@ -128,7 +129,7 @@ def settings_for(redis_url: str, sim_url: str) -> Settings:
         kind="compatible",
         model="gpt-4o-mini",
         base_url=sim_url + "/v1",
-        api_key=API_KEY,
+        api_key=SecretStr(API_KEY),
         tpm=TPM,
         rpm=RPM,
         accounting="estimate",
