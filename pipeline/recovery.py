@@ -75,9 +75,16 @@ def pending_request(
             "task_id": task_id}  # fmt: skip
 
 
-def send(job_id: str, custom_id: str, pending: dict[str, Any]) -> None:
-    """Publish a kept request (its record is already written)."""
+def send(
+    job_id: str, custom_id: str, pending: dict[str, Any], *, celery_result: bool = True
+) -> None:
+    """Publish a kept request (its record is already written).
+
+    `celery_result=False` for requests whose result only the job store needs (a
+    submit, a replay): the worker writes no result-backend entry for them.
+    """
     TASK_FOR_URL[pending["url"]].apply_async(
+        ignore_result=not celery_result,
         task_id=pending["task_id"],
         args=(pending["body"],),
         kwargs={
