@@ -15,7 +15,7 @@ from budget import InvalidRequest, NeverAdmissible
 from budget.estimate import estimate_request
 from budget.gate import check_admissible
 from pipeline.batchfile import URLS, BatchLine, LineError, output_error_line, read_batch
-from pipeline.recovery import Recovery, pending_request, send
+from pipeline.recovery import Recovery, pending_request, send, send_all
 from settings import Settings, SettingsError
 from tasks.jobstore import JobStatus, JobStore
 from tasks.metrics import check_tenant
@@ -153,11 +153,9 @@ class Jobs:
         # worker finds its request known, and a kill mid-chunk leaves the mark.
         self.store.begin_publish(job_id, pending)
         self.store.add_queued(job_id, list(pending), estimated=sum(c for _, c in fresh))
-        for line, cost in fresh:
-            send(job_id, line.custom_id, pending[line.custom_id],
-                 celery_result=celery_results)  # fmt: skip
-            report.submitted += 1
-            report.tokens_estimated += cost
+        send_all(job_id, pending, celery_result=celery_results)
+        report.submitted += len(fresh)
+        report.tokens_estimated += sum(cost for _, cost in fresh)
         self.store.end_publish(job_id, pending)
         return unsent
 
