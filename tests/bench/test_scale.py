@@ -34,6 +34,8 @@ def test_bench_scale_reports_its_keys() -> None:
     assert result["requests"] == 30
     assert 0 < result["worker_cpu_ms_per_request"] <= result["cpu_ms_per_request"] < 1000
     assert result["msgs_per_request"] >= 1.0
-    assert result["redis_peak_bytes_per_request"] >= result["redis_bytes_per_request_after"] > 0
+    # At N = 30 "after" is within Redis's own allocation noise (it can be negative).
+    assert result["redis_peak_bytes_per_request"] > 0
+    assert result["redis_peak_bytes_per_request"] >= result["redis_bytes_per_request_after"]
     assert result["submit_per_s"] > 0
     assert result["requests_per_s"] > 0
