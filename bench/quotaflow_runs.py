@@ -181,7 +181,7 @@ def run_quotaflow(
     with CpuMeter() as cpu:
         started = time.time()
         clock.arm(ctx.sim.reset)
-        report = jobs.submit_bodies(ctx.workload.bodies, deployment=dep_name)
+        report = jobs.submit_bodies(ctx.workload.bodies, deployment=dep_name, celery_results=True)
         clock.disarm()
         t0 = min(clock.times.values(), default=started)
         wait_until(lambda: _qf_progress(jobs, report.job_id), res.requests, t0 + ctx.cap)

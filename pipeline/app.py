@@ -64,9 +64,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_create_missing_queues": False,
         "worker_send_task_events": True,
         "task_send_sent_event": True,
-        "task_track_started": True,
-        "result_expires": 7 * 24 * 3600,
-        "result_extended": True,
+        # The result backend holds what `.delay()` callers `.get()`: the return value
+        # only (the job store keeps the request), written once (no STARTED state).
+        "task_track_started": False,
+        "result_expires": settings.retention_seconds,
+        "result_extended": False,
         "worker_hijack_root_logger": False,
     }
 

@@ -15,7 +15,7 @@ from budget import InvalidRequest, NeverAdmissible
 from budget.estimate import estimate_request
 from budget.limits import check_admissible
 from pipeline.batchfile import URLS, BatchLine, LineError, output_error_line, read_batch
-from pipeline.recovery import Recovery, pending_request, send
+from pipeline.recovery import Recovery, pending_request, send, send_all
 from settings import Settings, SettingsError
 from tasks.jobstore import JobStatus, JobStore
 from tasks.metrics import check_tenant
@@ -88,12 +88,16 @@ class Jobs:
         deployment: str | None = None,
         tenant: str | None = None,
         meta: dict[str, str] | None = None,
+        celery_results: bool = False,
     ) -> SubmitReport:
         """Queue every valid line; record every invalid one on the job as failed.
 
         Publishing is chunked; a resubmission of the same job skips custom_ids the job
         already has, so an interrupted submit can simply be run again: what it left
         unpublished (marked unsent, and in no queue) is published then, once.
+
+        Results are read from the job (`results`, `export`): the workers write no
+        Celery result for them unless `celery_results` (an `AsyncResult` per task id).
         """
         if deployment is not None:
             self.settings.deployment(deployment)  # unknown: fail before anything is queued
@@ -112,10 +116,10 @@ class Jobs:
                 continue
             chunk.append((item, cost))
             if len(chunk) >= _PUBLISH_CHUNK:
-                unsent += self._publish(report, chunk, deployment, tenant)
+                unsent += self._publish(report, chunk, deployment, tenant, celery_results)
                 chunk = []
         if chunk:
-            unsent += self._publish(report, chunk, deployment, tenant)
+            unsent += self._publish(report, chunk, deployment, tenant, celery_results)
         if unsent:
             recovery = Recovery(self.settings, self.store)
             report.resumed = recovery.resend_unsent(report.job_id, unsent)
@@ -129,6 +133,7 @@ class Jobs:
         chunk: list[tuple[BatchLine, int]],
         deployment: str | None,
         tenant: str | None,
+        celery_results: bool,
     ) -> list[str]:
         """Publish the chunk's new requests; returns the known ones an interrupted
         submit of this job had marked unsent (the caller checks them in the broker)."""
@@ -148,10 +153,9 @@ class Jobs:
         # worker finds its request known, and a kill mid-chunk leaves the mark.
         self.store.begin_publish(job_id, pending)
         self.store.add_queued(job_id, list(pending), estimated=sum(c for _, c in fresh))
-        for line, cost in fresh:
-            send(job_id, line.custom_id, pending[line.custom_id])
-            report.submitted += 1
-            report.tokens_estimated += cost
+        send_all(job_id, pending, celery_result=celery_results)
+        report.submitted += len(fresh)
+        report.tokens_estimated += sum(cost for _, cost in fresh)
         self.store.end_publish(job_id, pending)
         return unsent
 
@@ -230,7 +234,7 @@ class Jobs:
                 url, body, entry.get("deployment"), entry.get("tenant"), uuid.uuid4().hex
             )
             self.store.store_pending(job_id, {cid: pending})
-            send(job_id, cid, pending)
+            send(job_id, cid, pending, celery_result=False)
             self.store.claim_dead(job_id, cid, raw)
             replayed += 1
         return replayed, skipped

@@ -4,7 +4,8 @@ A Redis broker can lose a message: one popped by a worker as Redis went away, a
 publish cut short. quotaflow keeps every request (its body and task id, in the job's
 `pending` hash) from the moment it is published until it finishes:
 
-- `quotaflow submit` writes them in chunks before publishing (pipeline.jobs);
+- `quotaflow submit` writes them in chunks before publishing them in pipelined
+  batches (pipeline.jobs, `send_all`);
 - any other publish of a quotaflow task (`complete.delay(...)`) is recorded by a
   `before_task_publish` hook, on the publisher's side, before any worker can see
   the message: one pipelined round trip per publish.
@@ -57,6 +58,8 @@ SWEEP_MAX_WAITING = 5_000
 SWEEP_MAX_CANDIDATES = 1_000
 #: The lock's expiry: a recovery that dies holding it frees it after this long.
 LOCK_SECONDS = 60.0
+#: Redis commands buffered before a batched publish sends them (two per message).
+BATCH_SIZE = 200
 #: Gap between the two looks into the broker.
 LOOK_GAP_SECONDS = 1.0
 
@@ -75,9 +78,22 @@ def pending_request(
             "task_id": task_id}  # fmt: skip
 
 
-def send(job_id: str, custom_id: str, pending: dict[str, Any]) -> None:
-    """Publish a kept request (its record is already written)."""
+def send(
+    job_id: str,
+    custom_id: str,
+    pending: dict[str, Any],
+    *,
+    celery_result: bool = True,
+    producer: Any = None,
+) -> None:
+    """Publish a kept request (its record is already written).
+
+    `celery_result=False` for requests whose result only the job store needs (a
+    submit, a replay): the worker writes no result-backend entry for them.
+    """
     TASK_FOR_URL[pending["url"]].apply_async(
+        ignore_result=not celery_result,
+        producer=producer,
         task_id=pending["task_id"],
         args=(pending["body"],),
         kwargs={
@@ -88,6 +104,20 @@ def send(job_id: str, custom_id: str, pending: dict[str, Any]) -> None:
         },
         headers={H_RECORDED: True},
     )
+
+
+def send_all(
+    job_id: str, requests: dict[str, dict[str, Any]], *, celery_result: bool = True
+) -> None:
+    """Publish kept requests in pipelined batches: one round trip per BATCH_SIZE
+    Redis commands (a message and its task-sent event are two), not one per message. On return every
+    message is in the broker; on an exception, any may not be."""
+    if not requests:
+        return
+    task = TASK_FOR_URL[next(iter(requests.values()))["url"]]
+    with task.app.producer_or_acquire() as producer, producer.batch(max_size=BATCH_SIZE):
+        for custom_id, pending in requests.items():
+            send(job_id, custom_id, pending, celery_result=celery_result, producer=producer)
 
 
 @signals.before_task_publish.connect

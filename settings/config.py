@@ -97,6 +97,9 @@ class Settings(BaseSettings):
     #: An unfinished request silent this long is checked for a lost message (one in
     #: no queue and held by no worker) and sent again if so.
     recover_after_seconds: PositiveFloat = 60.0
+    #: A finished job's data (results, dead letters, counts) and a request's Celery
+    #: result expire this long after the job (or the request) finishes.
+    retention_seconds: PositiveInt = 7 * 24 * 3600
     #: Redis visibility timeout: an unacked message is redelivered after this long.
     #: Unset: derived from the other settings (see `visibility_timeout`), so a killed
     #: worker's running and deferred requests come back as soon as is safe.

@@ -91,11 +91,9 @@ class BudgetedTask(Task):  # type: ignore[misc]
 
     def _deliver(self, d: Delivery) -> dict[str, Any]:
         rt, r = d.rt, d.request
-        done = rt.jobs.get_result(r.job, r.custom_id)
+        done = rt.jobs.arrive(r.job, r.custom_id, first=not self.request.retries)
         if done is not None:  # a redelivery of a request that already succeeded
             return dict(done["response"]["body"])
-        if not self.request.retries:
-            rt.jobs.add_queued(r.job, [r.custom_id])
         queue = (self.request.delivery_info or {}).get("routing_key") or ""
         d.count("deliveries_total", {"queue": queue, "reason": d.header(H_REASON) or "new"})
         try:
@@ -259,10 +257,9 @@ class BudgetedTask(Task):  # type: ignore[misc]
             r.job, r.custom_id, line,
             prompt_tokens=reply.prompt_tokens,
             completion_tokens=reply.completion_tokens,
-            cost_usd=cost,
+            cost_usd=cost, deferrals=d.deferrals, retries=d.attempt,
         )  # fmt: skip
         if stored:
-            rt.jobs.note_attempts(r.job, r.custom_id, deferrals=d.deferrals, retries=d.attempt)
             labels = {"deployment": dep.name, "tenant": r.tenant or ""}
             d.count("tokens_estimated_total", labels, estimated)
             d.count("tokens_prompt_total", labels, reply.prompt_tokens)

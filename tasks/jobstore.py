@@ -6,6 +6,7 @@ keys share one hash tag so each script touches a single Cluster slot.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Iterable, Iterator
@@ -18,6 +19,8 @@ import redis
 STATES = ("queued", "deferred", "running", "retrying", "done", "failed")
 #: Job id for requests sent with `.delay()` without one.
 ADHOC_JOB = "adhoc"
+#: A finished job's keys expire this long after it finishes, unless told otherwise.
+RETENTION_SECONDS = 7 * 24 * 3600
 
 
 def _text(value: Any) -> str:
@@ -41,6 +44,9 @@ class JobKeys:
     pending: str
     touched: str
     unsent: str
+
+    def all(self) -> list[str]:
+        return list(dataclasses.astuple(self))
 
 
 def job_keys(prefix: str, job_id: str) -> JobKeys:
@@ -91,9 +97,19 @@ class JobStatus:
 
 
 class JobStore:
-    def __init__(self, client: redis.Redis, *, key_prefix: str = "quotaflow") -> None:
+    """A job's keys expire `retention_seconds` after its last request finishes (done
+    or dead-lettered) and stop expiring when a request is added to it again."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        key_prefix: str = "quotaflow",
+        retention_seconds: int = RETENTION_SECONDS,
+    ) -> None:
         self.client = client
         self.prefix = key_prefix
+        self.retention_seconds = retention_seconds
         self._transition = _script(client, "transition")
         self._record = _script(client, "record")
         self._dead = _script(client, "dead")
@@ -128,7 +144,13 @@ class JobStore:
         added = sum(int(x) for x in pipe.execute())
         if not added and not estimated:
             return 0
+        self._count_in(job_id, added, estimated)
+        return added
+
+    def _count_in(self, job_id: str, added: int, estimated: int) -> None:
+        k = self.keys(job_id)
         pipe = self.client.pipeline()
+        _persist(pipe, k)  # an unfinished job does not expire
         pipe.hincrby(k.counts, "queued", added)
         pipe.hincrby(k.meta, "total", added)
         pipe.hincrby(k.totals, "tokens_estimated", estimated)
@@ -136,7 +158,6 @@ class JobStore:
         pipe.hsetnx(k.meta, "created_at", repr(time.time()))
         pipe.zadd(self.index_key, {job_id: time.time()}, nx=True)
         pipe.execute()
-        return added
 
     def record_published(self, job_id: str, custom_id: str, request: dict[str, Any]) -> None:
         """Count one request in and keep it for recovery, as its message is published.
@@ -151,6 +172,7 @@ class JobStore:
             args=[custom_id, json.dumps(request, separators=(",", ":")), now],
             client=pipe,
         )
+        _persist(pipe, k)
         pipe.zadd(self.index_key, {job_id: float(now)}, nx=True)
         pipe.execute()
 
@@ -165,6 +187,7 @@ class JobStore:
         k = self.keys(job_id)
         now = repr(time.time())
         pipe = self.client.pipeline(transaction=True)
+        _persist(pipe, k)
         pipe.sadd(k.unsent, *requests)
         pipe.hset(
             k.pending,
@@ -209,6 +232,7 @@ class JobStore:
         k = self.keys(job_id)
         now = repr(time.time())
         pipe = self.client.pipeline(transaction=False)
+        _persist(pipe, k)
         pipe.hset(
             k.pending,
             mapping={cid: json.dumps(r, separators=(",", ":")) for cid, r in requests.items()},
@@ -296,6 +320,20 @@ class JobStore:
     def count(self, job_id: str, field_name: str, amount: int = 1) -> None:
         self.client.hincrby(self.keys(job_id).totals, field_name, amount)
 
+    def arrive(self, job_id: str, custom_id: str, *, first: bool) -> dict[str, Any] | None:
+        """A delivery begins: the stored result if there is one (a redelivery), and on a
+        first delivery the request counted in if its publisher did not. One round trip
+        when it was (every submit and `.delay()`)."""
+        k = self.keys(job_id)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hget(k.results, custom_id)
+        if first:
+            pipe.hsetnx(k.states, custom_id, "queued")
+        raw, *added = pipe.execute()
+        if added and added[0]:
+            self._count_in(job_id, 1, 0)
+        return None if raw is None else json.loads(raw)
+
     def get_result(self, job_id: str, custom_id: str) -> dict[str, Any] | None:
         raw = self.client.hget(self.keys(job_id).results, custom_id)
         return None if raw is None else json.loads(raw)
@@ -309,23 +347,27 @@ class JobStore:
         prompt_tokens: int,
         completion_tokens: int,
         cost_usd: float,
+        deferrals: int = 0,
+        retries: int = 0,
     ) -> bool:
-        """Store the output line once; False when a result was already stored."""
+        """Store the output line once, with the request's deferrals and retries;
+        False when a result was already stored."""
         k = self.keys(job_id)
+        first = [k.results, k.states, k.counts, k.totals, k.dead, k.pending, k.touched,
+                 k.attempts, k.meta]  # fmt: skip
         stored = self._record(
-            keys=[k.results, k.states, k.counts, k.totals, k.dead, k.pending, k.touched],
+            keys=[*first, *(key for key in k.all() if key not in first)],
             args=[
                 custom_id,
                 json.dumps(line, separators=(",", ":")),
                 prompt_tokens,
                 completion_tokens,
                 repr(cost_usd),
+                f"{deferrals} {retries}",
+                self.retention_seconds,
             ],
         )
         return bool(stored)
-
-    def note_attempts(self, job_id: str, custom_id: str, *, deferrals: int, retries: int) -> None:
-        self.client.hset(self.keys(job_id).attempts, custom_id, f"{deferrals} {retries}")
 
     def attempts(self, job_id: str) -> dict[str, tuple[int, int]]:
         """custom_id -> (deferrals, transient retries) of each succeeded request."""
@@ -337,10 +379,15 @@ class JobStore:
 
     def record_dead(self, job_id: str, custom_id: str, entry: dict[str, Any]) -> bool:
         k = self.keys(job_id)
+        first = [k.dead, k.states, k.counts, k.results, k.pending, k.touched, k.meta]
         return bool(
             self._dead(
-                keys=[k.dead, k.states, k.counts, k.results, k.pending, k.touched],
-                args=[custom_id, json.dumps(entry, separators=(",", ":"), sort_keys=True)],
+                keys=[*first, *(key for key in k.all() if key not in first)],
+                args=[
+                    custom_id,
+                    json.dumps(entry, separators=(",", ":"), sort_keys=True),
+                    self.retention_seconds,
+                ],
             )
         )
 
@@ -361,7 +408,18 @@ class JobStore:
         return bool(self.client.exists(self.keys(job_id).meta))
 
     def job_ids(self) -> list[str]:
-        return [_text(j) for j in self.client.zrange(self.index_key, 0, -1)]
+        """Every job in the index; those whose data has expired leave it here."""
+        ids = [_text(j) for j in self.client.zrange(self.index_key, 0, -1)]
+        if not ids:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.exists(self.keys(job_id).meta)
+        alive = pipe.execute()
+        gone = [j for j, a in zip(ids, alive, strict=True) if not a]
+        if gone:
+            self.client.zrem(self.index_key, *gone)
+        return [j for j, a in zip(ids, alive, strict=True) if a]
 
     def status(self, job_id: str) -> JobStatus:
         k = self.keys(job_id)
@@ -387,3 +445,9 @@ class JobStore:
             created_at=float(meta.pop("created_at", 0.0)),
             meta=meta,
         )
+
+
+def _persist(pipe: Any, k: JobKeys) -> None:
+    """A job that gets a request again stops expiring."""
+    for key in k.all():
+        pipe.persist(key)

@@ -78,7 +78,11 @@ def current() -> Runtime:
             settings=_settings,
             redis=client,
             gate=gate,
-            jobs=JobStore(client, key_prefix=_settings.key_prefix),
+            jobs=JobStore(
+                client,
+                key_prefix=_settings.key_prefix,
+                retention_seconds=_settings.retention_seconds,
+            ),
             metrics=Metrics(
                 client, key_prefix=_settings.key_prefix, max_tenants=_settings.metrics_max_tenants
             ),
