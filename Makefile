@@ -47,6 +47,7 @@ bench: install
 	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) -m bench.gate
 	$(PY) -m bench.strategies
+	$(PY) -m bench.backlog
 
 chaos: install
 	$(PY) -m pytest -s -m slow tests/reliability tests/pipeline/test_jobs.py $(PYTEST_ARGS)

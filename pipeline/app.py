@@ -18,9 +18,11 @@ from pipeline import (
     installed,
     recovery,  # noqa: F401  - keeps requests recoverable; sweeps in workers
 )
+from pipeline.backlog import Backlog
+from pipeline.broker import deployment_queues
 from pipeline.compat import guard_restore_unacked
 from pipeline.preflight import check_eviction_policy
-from pipeline.publish import NO_REDIS, QuotaflowAMQP, hide_arguments_from_inspect
+from pipeline.publish import NO_REDIS, QuotaflowAMQP, hide_arguments_from_inspect, route_task
 from settings import Settings, SettingsError, load_settings
 from tasks import runtime
 
@@ -59,8 +61,16 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_time_limit": settings.task_time_limit_seconds,
         "broker_connection_retry_on_startup": True,
         "task_default_queue": settings.queue,
-        "task_queues": (Queue(settings.queue), Queue(settings.retry_queue)),
-        "task_routes": {"quotaflow.*": {"queue": settings.queue}},
+        # New requests wait in their deployment's queue; workers consuming the main
+        # queue consume those too, and pause one while its deployment is booked ahead.
+        "task_queues": (
+            Queue(settings.queue),
+            Queue(settings.retry_queue),
+            # Bound by their own name: a default binding would share the main queue's
+            # routing key, and a message sent to that key would land in both.
+            *(Queue(q, routing_key=q) for q in deployment_queues(settings).values()),
+        ),
+        "task_routes": (route_task, {"quotaflow.*": {"queue": settings.queue}}),
         "task_create_missing_queues": False,
         "worker_send_task_events": True,
         "task_send_sent_event": True,
@@ -76,6 +86,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 def create_app(settings: Settings | None = None) -> Celery:
     settings = settings or load_settings()
     celery_app = Celery("quotaflow", set_as_current=True, amqp=QuotaflowAMQP)
+    celery_app.steps["consumer"].add(Backlog)
     configure(celery_app, settings)
     return celery_app
 
@@ -88,6 +99,10 @@ def configure(celery_app: Celery, settings: Settings) -> None:
     amqp = celery_app.__dict__.get("amqp")
     if amqp is not None:
         amqp._producer_pool = None
+        # So are the queues (one per deployment), and the router and sender that hold them.
+        for cached in ("queues", "default_queue", "router", "send_task_message"):
+            amqp.__dict__.pop(cached, None)
+        amqp._rtable = None
     if celery_app._local is not None and hasattr(celery_app._local, "backend"):
         del celery_app._local.backend
     celery_app.conf.update(celery_config(settings))

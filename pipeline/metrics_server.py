@@ -21,7 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from budget import QuotaflowError
-from pipeline.broker import UNACKED_KEY, queue_lists
+from pipeline.broker import UNACKED_KEY, all_queues, queue_lists
 from settings import Settings
 from tasks.metrics import parse_field
 from tasks.runtime import Runtime
@@ -59,7 +59,7 @@ class QueueDepth:
 
 
 def queue_depth(client: redis.Redis, settings: Settings) -> QueueDepth:
-    queues = (settings.queue, settings.retry_queue)
+    queues = all_queues(settings)
     pipe = client.pipeline(transaction=False)
     for queue in queues:
         for name in queue_lists(queue):

@@ -6,6 +6,10 @@ answers to `celery inspect active/reserved/scheduled`; Flower shows all of them.
 quotaflow's tasks these show the request's custom_id, job, tenant, deployment and
 model instead, unless `show_task_arguments` is set. This holds for every publisher
 that uses the quotaflow app: `.delay()` from user code, `quotaflow submit`, retries.
+
+Where a message goes: a new request to its deployment's queue (`route_task`), where
+it waits in the broker while the deployment is booked ahead (pipeline.backlog);
+deferrals and retries name their queue themselves (main, retry).
 """
 
 from __future__ import annotations
@@ -19,9 +23,12 @@ from celery.utils.saferepr import saferepr
 from celery.worker.control import Panel
 from kombu.utils.encoding import safe_repr
 
+from budget import QuotaflowError
 from pipeline import installed
+from pipeline.broker import deployment_queue
 from settings import SettingsError
 from tasks.metrics import check_tenant
+from tasks.request import route
 
 NO_REDIS = (
     "QUOTAFLOW_REDIS_URL is not set: workers and submitters need a shared Redis "
@@ -51,6 +58,26 @@ def task_reprs(args: Any, kwargs: Any) -> tuple[str, str]:
     shown: dict[str, Any] = {k: kw.get(k) for k in _SHOWN}
     shown["model"] = body.get("model") if isinstance(body, Mapping) else None
     return f"({HIDDEN_BODY!r},)", safe_repr(shown)
+
+
+def route_task(
+    name: str, args: Any, kwargs: Any, options: Mapping[str, Any], *_: Any, **__: Any
+) -> dict[str, str] | None:
+    """Celery router: a quotaflow request goes to its deployment's queue.
+
+    A publish that names its queue (deferrals, retries) keeps it. A request no
+    deployment serves goes to the main queue, where the task dead-letters it.
+    """
+    settings = installed.settings
+    if not _ours(name) or settings is None or options.get("queue"):
+        return None
+    body = args[0] if isinstance(args, list | tuple) and args else None
+    kw = kwargs if isinstance(kwargs, Mapping) else {}
+    try:
+        dep = route(settings, body, kw.get("deployment"))
+    except (QuotaflowError, SettingsError):
+        return {"queue": settings.queue}
+    return {"queue": deployment_queue(settings, dep.name)}
 
 
 class QuotaflowAMQP(AMQP):  # type: ignore[misc]

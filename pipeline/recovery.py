@@ -42,7 +42,7 @@ import redis
 from celery import signals
 from redis.lock import Lock
 
-from pipeline.broker import UNACKED_KEY, message_id, queue_lists
+from pipeline.broker import UNACKED_KEY, all_queues, message_id, queue_lists
 from settings import Settings
 from tasks import TASK_FOR_URL, runtime
 from tasks.errors import NotConfigured
@@ -262,7 +262,7 @@ class Recovery:
         return sum(pipe.execute())
 
     def _lists(self) -> list[str]:
-        return [*queue_lists(self.settings.queue), *queue_lists(self.settings.retry_queue)]
+        return [name for queue in all_queues(self.settings) for name in queue_lists(queue)]
 
     def _in_broker(self, max_waiting: int | None) -> set[str] | None:
         """Task ids of every message waiting in a queue or held (unacked) by a worker.

@@ -32,7 +32,8 @@ def run_budget_test(simulator: Any, cluster: Any, **worker_options: Any) -> None
     stats = sim.stats()
     assert status.counts["done"] == 200, status
     assert stats["refused_429"] == 0, stats
-    assert status.deferrals > 0
+    # The demand beyond the booking waits in the broker: few deferrals, if any.
+    assert status.deferrals < 200
     check_complete(c, report.job_id, 200)
     # The gate's own log conforms to the deployment's limits.
     dep = c.settings.deployments[0]

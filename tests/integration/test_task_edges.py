@@ -55,7 +55,7 @@ def test_edge_huge_retry_after_is_capped(simulator, cluster) -> None:  # type: i
     seen = deliveries(c)
     # One new delivery and two retries (deferred by the cooldowns in between), each
     # calling once: nothing delivered twice.
-    assert seen[("quotaflow", "new")] == 1 and seen[("quotaflow.retry", "retry")] == 2, seen
+    assert seen[("quotaflow.sim", "new")] == 1 and seen[("quotaflow.retry", "retry")] == 2, seen
     assert sim.stats()["requests_received"] == 3
     assert "7200" not in worker.log() or "cooling down 3.00s" in worker.log()
     assert current().gate.snapshot("sim").cooldown_seconds <= 3.0

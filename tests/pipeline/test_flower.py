@@ -98,7 +98,7 @@ def test_flower_requires_auth_and_sees_the_worker_and_tasks(
         registered = set(workers[name]["registered"])
         assert {"quotaflow.complete", "quotaflow.embed"} <= registered
         queues = {q["name"] for q in workers[name]["active_queues"]}
-        assert queues == {"quotaflow", "quotaflow.retry"}
+        assert queues == {"quotaflow", "quotaflow.retry", "quotaflow.sim"}
 
         body = {"model": "gpt-4o-mini", "max_tokens": 8,
                 "messages": [{"role": "user", "content": "hello flower"}]}  # fmt: skip

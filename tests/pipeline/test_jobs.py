@@ -51,8 +51,13 @@ def line(cid: str, body: Any, url: str = "/v1/chat/completions") -> str:
     return json.dumps({"custom_id": cid, "method": "POST", "url": url, "body": body})
 
 
+#: Where new chat requests for DEP wait (embeddings wait in `quotaflow.embed`).
+QUEUE = "quotaflow.small"
+
+
 def queued(client: redis.Redis) -> int:
-    return int(client.llen("quotaflow"))
+    queues = ("quotaflow", "quotaflow.retry", QUEUE, "quotaflow.embed")
+    return sum(int(client.llen(q)) for q in queues)
 
 
 def test_a_mixed_file_runs_its_valid_lines(
@@ -171,12 +176,12 @@ def test_recover_resends_only_the_message_the_broker_lost(
     # Everything is in the queue: nothing is lost, however old.
     assert jobs.recover("lossy", older_than=0) == 0
     # The broker loses one message (popped by a consumer that then died with Redis).
-    lost = json.loads(redis_client.rpop("quotaflow"))
-    held = redis_client.rpop("quotaflow")
-    redis_client.hset("unacked", "tag-1", json.dumps([json.loads(held), "", "quotaflow"]))
+    lost = json.loads(redis_client.rpop(QUEUE))
+    held = redis_client.rpop(QUEUE)
+    redis_client.hset("unacked", "tag-1", json.dumps([json.loads(held), "", QUEUE]))
     assert jobs.recover("lossy", older_than=0) == 1
     assert queued(redis_client) == 2
-    resent = json.loads(redis_client.lindex("quotaflow", 0))
+    resent = json.loads(redis_client.lindex(QUEUE, 0))
     # Under its own task id: an AsyncResult the caller holds still resolves.
     assert resent["headers"]["id"] == lost["headers"]["id"]
     assert resent["headers"]["kwargsrepr"] == lost["headers"]["kwargsrepr"]

@@ -135,7 +135,7 @@ def test_scrape_during_and_after_a_job(tmp_path: Path, simulator, cluster) -> No
     assert value(final, "quotaflow_cost_usd_total", **tagged) > 0
     assert value(final, "quotaflow_dead_letters_total", code="model_not_found", **dep) == 1
     assert value(final, "quotaflow_requests_done_total", **tagged) == 30
-    for queue in ("quotaflow", "quotaflow.retry"):
+    for queue in ("quotaflow", "quotaflow.retry", "quotaflow.sim"):
         assert (("quotaflow_queue_length", frozenset({("queue", queue)}))) in final
         assert value(final, "quotaflow_queue_deferred", queue=queue) == 0
     assert value(final, "quotaflow_budget_tokens_capacity", **dep) == 200

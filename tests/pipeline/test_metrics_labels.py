@@ -149,5 +149,5 @@ def test_edge_over_long_tenant_is_refused_at_submit(
     assert (
         f"tenant is 10000 characters long; at most {MAX_TENANT_LENGTH} are allowed" in done.stderr
     )
-    assert redis_client.llen("quotaflow") == 0
+    assert redis_client.llen("quotaflow") == redis_client.llen("quotaflow.default") == 0
     assert not redis_client.keys("*job*long*")

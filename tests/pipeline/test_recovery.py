@@ -27,7 +27,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 QUOTAFLOW = Path(sys.executable).with_name("quotaflow")
 
 
-def waiting(client: redis.Redis, queue: str = "quotaflow") -> list[dict[str, Any]]:
+#: Where new requests for the test deployment ("sim") wait.
+QUEUE = "quotaflow.sim"
+
+
+def waiting(client: redis.Redis, queue: str = QUEUE) -> list[dict[str, Any]]:
     """The messages waiting in a queue's lists, decoded."""
     return [json.loads(raw) for name in queue_lists(queue) for raw in client.lrange(name, 0, -1)]
 
@@ -56,7 +60,7 @@ def test_edge_interrupted_submit_resumes(
     proc = subprocess.Popen(submit, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while True:
-        sent = redis_client.llen("quotaflow")
+        sent = redis_client.llen(QUEUE)
         if sent > 1_000 and sent % 500 not in (0, 499) and redis_client.scard(unsent_key):
             proc.send_signal(signal.SIGKILL)
             break
@@ -64,7 +68,7 @@ def test_edge_interrupted_submit_resumes(
         assert time.monotonic() < deadline
         time.sleep(0.002)
     proc.wait(timeout=10)
-    published = redis_client.llen("quotaflow")
+    published = redis_client.llen(QUEUE)
     assert 0 < published < n
     # The kill left requests the job knows but never published.
     assert redis_client.scard(unsent_key) > 0
@@ -85,7 +89,7 @@ def test_edge_interrupted_submit_resumes(
     # A third run finds everything published and sends nothing.
     again = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=120)
     assert f"0 queued, {n} skipped" in again.stdout, again.stdout + again.stderr
-    assert redis_client.llen("quotaflow") == n
+    assert redis_client.llen(QUEUE) == n
 
 
 def test_edge_lost_delay_request_recovered(simulator, cluster, redis_client: redis.Redis) -> None:  # type: ignore[no-untyped-def]
@@ -96,10 +100,10 @@ def test_edge_lost_delay_request_recovered(simulator, cluster, redis_client: red
     sent.append(complete.delay(bodies(1, seed=5)[0], custom_id="named", tenant="t"))
     # The broker loses two messages before any worker takes them.
     lost = {sent[2].id, sent[5].id}
-    for raw in redis_client.lrange("quotaflow", 0, -1):
+    for raw in redis_client.lrange(QUEUE, 0, -1):
         if message_id(json.loads(raw)) in lost:
-            assert redis_client.lrem("quotaflow", 1, raw) == 1
-    assert redis_client.llen("quotaflow") == 4
+            assert redis_client.lrem(QUEUE, 1, raw) == 1
+    assert redis_client.llen(QUEUE) == 4
     # The publisher kept them: the `.delay()` requests are known and recoverable.
     keys = job_keys(c.settings.key_prefix, ADHOC_JOB)
     assert redis_client.hexists(keys.pending, sent[2].id)

@@ -119,7 +119,7 @@ def test_edge_show_task_arguments_puts_the_prompt_back(
 ) -> None:
     configure(app, Settings(redis_url=redis_server.url, show_task_arguments=show))
     complete.delay(BODY, custom_id="cid-3", tenant="team-3")
-    (raw,) = redis_client.lrange("quotaflow", 0, -1)
+    (raw,) = redis_client.lrange("quotaflow.default", 0, -1)
     headers = json.loads(raw)["headers"]
     assert (PROMPT in headers["argsrepr"]) is show
     assert "cid-3" in headers["kwargsrepr"] and "team-3" in headers["kwargsrepr"]

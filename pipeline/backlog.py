@@ -1,0 +1,182 @@
+"""Backpressure that reaches the broker: a saturated deployment's requests wait in
+its queue, one message each, instead of cycling through the workers as deferrals.
+
+New requests go to their deployment's queue (`<queue>.<deployment>`, see
+pipeline.publish.route_task). A worker that consumes the main queue consumes every
+deployment's queue too (`celery -A pipeline worker -Q quotaflow,quotaflow.retry` is
+enough). `Backlog`, a step of the worker's consumer, reads each deployment's gate
+every `POLL_SECONDS` and stops taking from its queue while the deployment is booked
+more than `pause_seconds` ahead, taking from it again once it is not. The paused
+requests wait in Redis in order (FIFO), count as queued, and cost nothing; a
+request that is taken can start at once or nearly so, and runs from its first
+delivery. A paused deployment never holds up another's queue.
+
+Between two polls a worker takes at most the requests that fill the gap up to
+`pause_seconds` (its credit): a free consumer would otherwise take one message per
+free pool slot at once, booking them far ahead (each deferred once more) or past
+the horizon. The seconds of quota one taken message books are learned from the gate
+(booked-ahead growth over messages this worker took): with several workers each
+learns a share, so together they take what the deployment can start.
+
+Pausing is a change to this worker's task consumer only (the queues it serves stay
+as they were): on a broker reconnect the consumer starts again on every queue and the
+next poll pauses what is still booked ahead. All changes are made on the consumer's
+own event loop (its timer), as Celery's `cancel_consumer` control command does.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from celery import bootsteps
+
+from budget import Gate, QuotaflowError
+from pipeline import installed
+from pipeline.broker import deployment_queues
+
+log = logging.getLogger(__name__)
+
+#: How often each worker reads the gates of the deployments it consumes for.
+POLL_SECONDS = 0.25
+#: Seconds a gate read may take before this poll gives up (the consumer's loop waits).
+READ_TIMEOUT_SECONDS = 0.5
+#: Seconds between two warnings that the gates cannot be read.
+WARN_EVERY_SECONDS = 30.0
+
+
+@dataclass
+class _Lane:
+    """One deployment's queue, as this worker's consumer takes from it."""
+
+    queue: str
+    #: Messages this worker may still take before the next poll.
+    credit: float = math.inf
+    #: Messages taken since the last poll.
+    taken: int = 0
+    #: Seconds of quota one taken message books (learned; None until seen).
+    cost: float | None = None
+    #: Booked-ahead seconds and monotonic time at the last poll.
+    ahead: float = 0.0
+    at: float = 0.0
+
+
+class Backlog(bootsteps.StartStopStep):  # type: ignore[misc]
+    """Consumer step: pause a deployment's queue while its gate is booked ahead."""
+
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def __init__(self, c: Any, **kwargs: Any) -> None:
+        super().__init__(c, **kwargs)
+        self.gate: Gate | None = None
+        self.client: redis.Redis | None = None
+        self.tref: Any = None
+        #: Deployment -> its lane, for the deployments this worker consumes for.
+        self.lanes: dict[str, _Lane] = {}
+        self.by_queue: dict[str, _Lane] = {}
+        self.pause_seconds = 0.0
+        self._warned = 0.0
+        settings = installed.settings
+        if settings is None or settings.redis_url is None:
+            return
+        queues = c.app.amqp.queues
+        if settings.queue in queues.consume_from:
+            # Serving the main queue means serving the deployments' queues too.
+            for name in deployment_queues(settings).values():
+                if name not in queues.consume_from:
+                    queues.select_add(queues[name])
+        self.lanes = {
+            dep: _Lane(q)
+            for dep, q in deployment_queues(settings).items()
+            if q in queues.consume_from
+        }
+        self.by_queue = {lane.queue: lane for lane in self.lanes.values()}
+        self.client = redis.Redis.from_url(
+            settings.redis_url,
+            socket_timeout=READ_TIMEOUT_SECONDS,
+            socket_connect_timeout=READ_TIMEOUT_SECONDS,
+        )
+        self.gate = Gate(self.client, settings.deployments, key_prefix=settings.key_prefix)
+        # Below this, a request taken now starts at once or waits in place (a
+        # booking within inline_seconds is not deferred), and what one poll's
+        # credit overshoots still fits within the booking horizon.
+        self.pause_seconds = min(self.gate.inline_seconds / 2, settings.booking_horizon_seconds / 4)
+
+    def start(self, c: Any) -> None:
+        if not self.lanes:
+            return
+        # Count what the consumer takes from each lane (on its loop, as it takes it).
+        for name in list(c.strategies):
+            if name.startswith("quotaflow."):
+                c.strategies[name] = self._counting(c, c.strategies[name])
+        self.tref = c.timer.call_repeatedly(POLL_SECONDS, self.poll, (c,), priority=10)
+
+    def stop(self, c: Any) -> None:
+        if self.tref is not None:
+            self.tref.cancel()
+            self.tref = None
+
+    def shutdown(self, c: Any) -> None:
+        self.stop(c)
+        if self.client is not None:
+            self.client.close()
+
+    def _counting(self, c: Any, strategy: Any) -> Any:
+        def counted(message: Any, *args: Any, **kwargs: Any) -> Any:
+            lane = self.by_queue.get((message.delivery_info or {}).get("routing_key", ""))
+            if lane is not None:
+                lane.taken += 1
+                lane.credit -= 1
+                if lane.credit <= 0 and c.task_consumer is not None:
+                    c.task_consumer.cancel_by_queue(lane.queue)
+            return strategy(message, *args, **kwargs)
+
+        return counted
+
+    def poll(self, c: Any) -> None:
+        consumer = c.task_consumer
+        if consumer is None or self.gate is None:
+            return
+        for dep, lane in self.lanes.items():
+            ahead = self.booked_ahead(dep)
+            if ahead is None:
+                continue  # unreadable: leave the queue as it is
+            self._learn(lane, ahead)
+            room = self.pause_seconds + POLL_SECONDS - ahead
+            if lane.cost is None:
+                lane.credit = math.inf  # nothing learned yet: the burst takes what it can
+            else:
+                lane.credit = max(0.0, room / lane.cost)
+            consuming = consumer.consuming_from(lane.queue)
+            if consuming and (ahead > self.pause_seconds or lane.credit < 1):
+                consumer.cancel_by_queue(lane.queue)
+            elif not consuming and ahead <= self.pause_seconds and lane.credit >= 1:
+                consumer.add_queue(c.app.amqp.queues[lane.queue])
+                consumer.consume()
+
+    @staticmethod
+    def _learn(lane: _Lane, ahead: float) -> None:
+        now = time.monotonic()
+        if lane.taken and lane.ahead > 0 and ahead > 0:
+            booked = ahead - lane.ahead + (now - lane.at)
+            if booked > 0:
+                sample = booked / lane.taken
+                lane.cost = sample if lane.cost is None else 0.7 * lane.cost + 0.3 * sample
+        lane.taken, lane.ahead, lane.at = 0, ahead, now
+
+    def booked_ahead(self, deployment: str) -> float | None:
+        """Seconds until a request of `deployment` asking now could start, or None."""
+        assert self.gate is not None
+        try:
+            snap = self.gate.snapshot(deployment)
+        except (redis.RedisError, QuotaflowError) as exc:
+            now = time.monotonic()
+            if now - self._warned > WARN_EVERY_SECONDS:
+                self._warned = now
+                log.warning("backlog: cannot read the gate of %s: %s", deployment, exc)
+            return None
+        return max(snap.booked_ahead_seconds, snap.cooldown_seconds)
