@@ -65,9 +65,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # queue consume those too, and pause one while its deployment is booked ahead.
         "task_queues": (
             Queue(settings.queue),
-            Queue(settings.retry_queue),
-            # Bound by their own name: a default binding would share the main queue's
-            # routing key, and a message sent to that key would land in both.
+            # Each queue bound by its own name: a default binding would share the main
+            # queue's routing key, and a message sent to that key would land in both.
+            Queue(settings.retry_queue, routing_key=settings.retry_queue),
             *(Queue(q, routing_key=q) for q in deployment_queues(settings).values()),
         ),
         "task_routes": (route_task, {"quotaflow.*": {"queue": settings.queue}}),
