@@ -4,9 +4,9 @@ Run with `python -m bench.neighbour` (`--quick` for one scenario, `--json` for o
 line per run). For each scenario (a neighbour taking 10%, 20% or 40% of the quota,
 steady or on for 30 s and off for 30 s) and each strategy, real workers run three times
 the work the quota admits in the measured minute, against the simulator with its
-neighbour. "learned" is quotaflow as shipped (the neighbour's rate learned from the
-provider's x-ratelimit-* headers); "aimd" is the same gate with learning switched off
-(429s cool down and cut the rate, which time wins back), as quotaflow did before.
+neighbour. "aimd" is quotaflow's default (header sync; 429s cool down and cut the
+rate, which time wins back); "learned" also learns the neighbour's rate from the
+provider's x-ratelimit-* headers (`neighbour_learning = true`).
 
 Measured per run, over the minute after a 10 s warm-up (the provider's bucket starts
 full): provider 429s per quotaflow call; utilization of the quota by quotaflow and the
@@ -76,11 +76,11 @@ def settings_for(redis_url: str, sim: Simulator, strategy: str) -> Settings:
         api_key=API_KEY, tpm=TPM, rpm=RPM, burst_seconds=BURST_SECONDS,
         accounting="estimate", timeout_seconds=10.0,
     )  # fmt: skip
-    # "aimd": a sample interval no run reaches, so nothing is ever learned.
-    sample = 1.0 if strategy == "learned" else 1e9
+    # "aimd": quotaflow's default; "learned" switches neighbour learning on.
     return Settings(
         redis_url=redis_url, deployments=[dep], booking_horizon_seconds=30.0,
-        max_defer_seconds=30.0, backoff_cap_seconds=10.0, neighbour_sample_seconds=sample,
+        max_defer_seconds=30.0, backoff_cap_seconds=10.0,
+        neighbour_learning=strategy == "learned",
     )  # fmt: skip
 
 

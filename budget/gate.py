@@ -71,6 +71,7 @@ class Gate:
         horizon_seconds: float = 300.0,
         admission_log: bool = False,
         max_cooldown_seconds: float = 60.0,
+        neighbour_learning: bool = False,
         neighbour_smoothing_seconds: float = _NEIGHBOUR_SMOOTHING_SECONDS,
         neighbour_sample_seconds: float = _NEIGHBOUR_SAMPLE_SECONDS,
         inline_seconds: float = 1.0,
@@ -81,6 +82,9 @@ class Gate:
         #: it counts as started at once; a later one counts when it is redeemed.
         self.inline_seconds = inline_seconds
         self.rate_regain_per_second = rate_regain_per_second
+        #: Learn the share of clients that bypass the gate from the provider's headers
+        #: (observe.lua). Off by default: see the neighbour benchmark in bench/RESULTS.md.
+        self.neighbour_learning = neighbour_learning
         self.neighbour_smoothing_seconds = neighbour_smoothing_seconds
         self.neighbour_sample_seconds = neighbour_sample_seconds
         self.horizon_seconds = horizon_seconds
@@ -313,7 +317,8 @@ class Gate:
             remaining = number(lower.get(f"x-ratelimit-remaining-{dim}"))
             # The bucket holds `remaining` when its TAT is tolerance - remaining ahead.
             args.append("" if remaining is None else repr(tolerance - remaining * interval))
-            left.append("" if remaining is None else repr(remaining))
+            learn = remaining is not None and self.neighbour_learning
+            left.append(repr(remaining) if learn else "")
             limits.append(number(lower.get(f"x-ratelimit-limit-{dim}")) or per_minute)
         _, moved = self.store.run(
             "observe",

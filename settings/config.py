@@ -81,6 +81,7 @@ class Settings(BaseSettings):
     #: Neighbour learning (clients on the same key that do not ask the gate): how many
     #: seconds the provider's reports are smoothed over, and how far apart two of them
     #: must be to count.
+    neighbour_learning: bool = False
     neighbour_smoothing_seconds: PositiveFloat = 10.0
     neighbour_sample_seconds: PositiveFloat = 1.0
     #: A request is booked into a future slot only this far ahead; further, it waits.

@@ -72,6 +72,7 @@ def test_the_neighbours_rate_is_learned_and_left_free(redis_client: redis.Redis)
     gate = Gate(
         redis_client, [DEP], horizon_seconds=2.0,
         neighbour_smoothing_seconds=1.0, neighbour_sample_seconds=0.2, inline_seconds=2.0,
+        neighbour_learning=True,
         rate_regain_per_second=0.2,
     )  # fmt: skip
     provider = Provider(neighbour=300.0)
@@ -93,6 +94,7 @@ def test_the_share_comes_back_once_the_neighbour_goes_quiet(redis_client: redis.
     gate = Gate(
         redis_client, [DEP], horizon_seconds=2.0,
         neighbour_smoothing_seconds=1.0, neighbour_sample_seconds=0.2, inline_seconds=2.0,
+        neighbour_learning=True,
         rate_regain_per_second=0.2,
     )  # fmt: skip
     provider = Provider(neighbour=400.0)
@@ -107,7 +109,7 @@ def test_the_share_comes_back_once_the_neighbour_goes_quiet(redis_client: redis.
 
 
 def test_without_headers_nothing_is_learned(redis_client: redis.Redis) -> None:
-    gate = Gate(redis_client, [DEP], neighbour_sample_seconds=0.0)
+    gate = Gate(redis_client, [DEP], neighbour_learning=True, neighbour_sample_seconds=0.0)
     for _ in range(20):
         gate.reserve("shared", tokens=10)
         gate.observe("shared", {})

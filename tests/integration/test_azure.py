@@ -28,7 +28,7 @@ def azure_deployment(sim: Any) -> dict[str, Any]:
         "request_window_seconds": AZURE_SIM["request_check_seconds"],
         # The periods are compressed tenfold, the host's scheduling delays are not: on a
         # loaded two-core CI machine calls reach the provider later than on a real one.
-        "window_guard_seconds": 0.5,
+        "window_guard_seconds": 0.75,
     }
 
 
