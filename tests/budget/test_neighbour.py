@@ -68,13 +68,17 @@ def drive(gate: Gate, provider: Provider, seconds: float) -> int:
     return calls
 
 
-def test_the_neighbours_rate_is_learned_and_left_free(redis_client: redis.Redis) -> None:
-    gate = Gate(
-        redis_client, [DEP], horizon_seconds=2.0,
+def learning_gate(client: redis.Redis) -> Gate:
+    """Learning on, every time constant shortened to this test's seconds."""
+    return Gate(
+        client, [DEP], horizon_seconds=2.0,
         neighbour_smoothing_seconds=1.0, neighbour_sample_seconds=0.2, inline_seconds=2.0,
-        neighbour_learning=True,
-        rate_regain_per_second=0.2,
+        neighbour_learning=True, rate_regain_per_second=0.2,
     )  # fmt: skip
+
+
+def test_the_neighbours_rate_is_learned_and_left_free(redis_client: redis.Redis) -> None:
+    gate = learning_gate(redis_client)
     provider = Provider(neighbour=300.0)
     drive(gate, provider, 4.0)  # learning
     provider.refused, provider.neighbour_taken = 0, 0.0
@@ -91,12 +95,7 @@ def test_the_neighbours_rate_is_learned_and_left_free(redis_client: redis.Redis)
 
 
 def test_the_share_comes_back_once_the_neighbour_goes_quiet(redis_client: redis.Redis) -> None:
-    gate = Gate(
-        redis_client, [DEP], horizon_seconds=2.0,
-        neighbour_smoothing_seconds=1.0, neighbour_sample_seconds=0.2, inline_seconds=2.0,
-        neighbour_learning=True,
-        rate_regain_per_second=0.2,
-    )  # fmt: skip
+    gate = learning_gate(redis_client)
     provider = Provider(neighbour=400.0)
     drive(gate, provider, 4.0)
     busy = gate.snapshot("shared").neighbour_tpm
