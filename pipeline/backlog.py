@@ -148,7 +148,10 @@ class Backlog(bootsteps.StartStopStep):  # type: ignore[misc]
             self._learn(lane, ahead)
             room = self.pause_seconds + POLL_SECONDS - ahead
             if lane.cost is None:
-                lane.credit = math.inf  # nothing learned yet: the burst takes what it can
+                # Nothing learned yet: with room now the burst takes what it can; once
+                # the deployment is booked ahead, one message per poll until the cost
+                # of one is known (taking more would book past the horizon).
+                lane.credit = math.inf if ahead <= 0 else 1.0
             else:
                 lane.credit = max(0.0, room / lane.cost)
             consuming = consumer.consuming_from(lane.queue)
