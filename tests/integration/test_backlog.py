@@ -40,7 +40,10 @@ def test_a_long_backlog_waits_in_the_broker(simulator, cluster, redis_client) ->
     seen = deliveries(c)
     total = sum(seen.values())
     assert seen.get((queue, "new"), 0) == HEAVY, seen
-    assert total / HEAVY <= 1.5, seen
+    # Waiting through deferrals took 14 deliveries per request (bench.backlog); here
+    # about 1.05, and under 2 on a loaded two-core host, where a taken request can
+    # sit in the worker long enough for its booking to drift past the inline wait.
+    assert total / HEAVY <= 2.0, seen
     assert waiting > HEAVY / 4, waiting
     print(f"\nbacklog {backlog:.0f}s over a 2s horizon: {total / HEAVY:.2f} deliveries per "
           f"request, {waiting} waiting in {queue}: {seen}")  # fmt: skip
