@@ -46,6 +46,11 @@ TPM, RPM = 300_000, 3_000
 #: under it, as the default 58 s is under OpenAI's 60.
 BUCKET_SECONDS, BURST_SECONDS = 6.0, 5.8
 WARMUP, MEASURED = 10.0, 60.0
+#: The controller scaled to that bucket: the defaults (10 s, 0.1 of the limit) are
+#: for a minute-long one. The reserve over a time constant's quota is kept as there
+#: (0.6); the time constant is not cut below 2 s, which would approach the
+#: pipeline's own delay (a booking half a second ahead, plus the call).
+SMOOTHING_SECONDS, RESERVE = 2.0, 0.2
 SHARES = (0.1, 0.2, 0.4)
 PATTERNS = ("steady", "bursty")
 STRATEGIES = ("learned", "aimd")
@@ -81,6 +86,7 @@ def settings_for(redis_url: str, sim: Simulator, strategy: str) -> Settings:
         redis_url=redis_url, deployments=[dep], booking_horizon_seconds=30.0,
         max_defer_seconds=30.0, backoff_cap_seconds=10.0,
         neighbour_learning=strategy == "learned",
+        neighbour_smoothing_seconds=SMOOTHING_SECONDS, neighbour_reserve=RESERVE,
     )  # fmt: skip
 
 

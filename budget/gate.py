@@ -45,10 +45,13 @@ _FACTOR_DECREASE = 0.85
 _FACTOR_REGAIN_PER_SECOND = 0.02
 #: The rate never drops below this share of the configured one.
 _FACTOR_FLOOR = 0.3
-#: Neighbour learning: samples are smoothed over this many seconds...
+#: Neighbour learning (observe.lua): the controller's time constant...
 _NEIGHBOUR_SMOOTHING_SECONDS = 10.0
-#: ...and taken at least this far apart (closer ones tell nothing but noise).
-_NEIGHBOUR_SAMPLE_SECONDS = 1.0
+#: ...its updates at least this far apart...
+_NEIGHBOUR_SAMPLE_SECONDS = 0.5
+#: ...and the share of the provider's bucket it keeps left there, so that a
+#: neighbour's burst meets tokens to spare instead of a 429.
+_NEIGHBOUR_RESERVE = 0.1
 
 
 _REDEMPTIONS = {
@@ -74,6 +77,7 @@ class Gate:
         neighbour_learning: bool = False,
         neighbour_smoothing_seconds: float = _NEIGHBOUR_SMOOTHING_SECONDS,
         neighbour_sample_seconds: float = _NEIGHBOUR_SAMPLE_SECONDS,
+        neighbour_reserve: float = _NEIGHBOUR_RESERVE,
         inline_seconds: float = 1.0,
         rate_regain_per_second: float = _FACTOR_REGAIN_PER_SECOND,
     ) -> None:
@@ -87,6 +91,7 @@ class Gate:
         self.neighbour_learning = neighbour_learning
         self.neighbour_smoothing_seconds = neighbour_smoothing_seconds
         self.neighbour_sample_seconds = neighbour_sample_seconds
+        self.neighbour_reserve = neighbour_reserve
         self.horizon_seconds = horizon_seconds
         self.max_cooldown_seconds = max_cooldown_seconds
         self.admission_log = admission_log
@@ -161,11 +166,8 @@ class Gate:
                 _LOG_MAX,
                 rid,
             ]
-        # Both scripts end alike: the booking marker, the AIMD regain, and what
-        # counts as started now (see reserve.lua).
-        args += [
-            _BOOKING_GRACE_MS, repr(self.rate_regain_per_second), int(self.inline_seconds * _US),
-        ]  # fmt: skip
+        # Both scripts end alike: the booking marker and the AIMD regain.
+        args += [_BOOKING_GRACE_MS, repr(self.rate_regain_per_second)]
         code, now_us, start_us, wait_us, binding = self.store.run(script, keys, args)
         now = now_us / _US
         dimension = _DIMENSIONS.get(int(binding))
@@ -199,13 +201,8 @@ class Gate:
         lim = self.limits(reservation.deployment)
         now_us, status = self.store.run(
             "redeem",
-            [lim.keys.booking(reservation.id), lim.keys.cooldown, lim.keys.rate],
-            [
-                int(reservation.start_at * _US),
-                int(inline_seconds * _US),
-                reservation.tokens,
-                reservation.requests,
-            ],
+            [lim.keys.booking(reservation.id), lim.keys.cooldown],
+            [int(reservation.start_at * _US), int(inline_seconds * _US)],
         )
         return _REDEMPTIONS[int(status)], now_us / _US
 
@@ -245,16 +242,12 @@ class Gate:
         )
         return bool(applied)
 
-    def cooldown(
-        self, deployment: str, seconds: float, *, refused: Reservation | None = None
-    ) -> None:
+    def cooldown(self, deployment: str, seconds: float) -> None:
         """After a provider 429: admit nothing anywhere before `seconds` from now.
 
         The buckets are left empty at the end of the cooldown, as the provider's are.
         A booking whose slot falls inside it goes stale. `seconds` comes from the provider
-        (or a proxy): it is capped at `max_cooldown_seconds`. `refused` is the call
-        that got the 429: the provider did not count it, and neither does the
-        neighbour estimate.
+        (or a proxy): it is capped at `max_cooldown_seconds`.
         """
         lim = self.limits(deployment)
         seconds = min(max(0.0, seconds), self.max_cooldown_seconds)
@@ -272,8 +265,6 @@ class Gate:
                 _FACTOR_DECREASE,
                 _FACTOR_FLOOR,
                 self.rate_regain_per_second,
-                refused.tokens if refused else 0,
-                refused.requests if refused else 0,
             ],
         )
 
@@ -307,28 +298,32 @@ class Gate:
 
     def _observe_buckets(self, lim: Limits, lower: Mapping[str, str]) -> int:
         dep = lim.settings
-        args: list[str] = []
+        sync: list[str] = []
         left: list[str] = []
-        limits: list[float] = []
+        keep: list[str] = []
         for dim, interval, tolerance, per_minute in (
             ("tokens", lim.token_interval_us, lim.token_tolerance_us, dep.tpm),
             ("requests", lim.request_interval_us, lim.request_tolerance_us, dep.rpm),
         ):
             remaining = number(lower.get(f"x-ratelimit-remaining-{dim}"))
-            # The bucket holds `remaining` when its TAT is tolerance - remaining ahead.
-            args.append("" if remaining is None else repr(tolerance - remaining * interval))
             learn = remaining is not None and self.neighbour_learning
+            # What to keep left at the provider: a share of its bucket (its limit).
+            reserve = self.neighbour_reserve * (
+                number(lower.get(f"x-ratelimit-limit-{dim}")) or per_minute
+            )
+            keep.append(repr(reserve))
             left.append(repr(remaining) if learn else "")
-            limits.append(number(lower.get(f"x-ratelimit-limit-{dim}")) or per_minute)
+            # The bucket holds `remaining` when its TAT is tolerance - remaining ahead.
+            sync.append("" if remaining is None else repr(tolerance - remaining * interval))
         _, moved = self.store.run(
             "observe",
             [lim.keys.tokens, lim.keys.requests, lim.keys.rate],
             [
-                *args,
+                *sync,
                 *left,
                 repr(dep.tpm / 60.0),
                 repr(dep.rpm / 60.0),
-                *(repr(x) for x in limits),
+                *keep,
                 repr(self.neighbour_smoothing_seconds),
                 repr(self.neighbour_sample_seconds),
                 _FACTOR_FLOOR,

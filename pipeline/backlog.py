@@ -142,10 +142,13 @@ class Backlog(bootsteps.StartStopStep):  # type: ignore[misc]
         if consumer is None or self.gate is None:
             return
         for dep, lane in self.lanes.items():
-            ahead = self.booked_ahead(dep)
-            if ahead is None:
+            read = self.booked_ahead(dep)
+            if read is None:
                 continue  # unreadable: leave the queue as it is
-            self._learn(lane, ahead)
+            booked, cooling = read
+            ahead = max(booked, cooling)
+            # A cooldown moves the buckets by its length: not what messages book.
+            self._learn(lane, ahead, usable=cooling <= 0)
             room = self.pause_seconds + POLL_SECONDS - ahead
             if lane.cost is None:
                 # Nothing learned yet: with room now the burst takes what it can; once
@@ -154,6 +157,11 @@ class Backlog(bootsteps.StartStopStep):  # type: ignore[misc]
                 lane.credit = math.inf if ahead <= 0 else 1.0
             else:
                 lane.credit = max(0.0, room / lane.cost)
+                if ahead <= 0:
+                    # Nothing booked ahead: take at least one, however much one costs
+                    # (a request of more than `room` seconds of quota would otherwise
+                    # never be taken).
+                    lane.credit = max(1.0, lane.credit)
             consuming = consumer.consuming_from(lane.queue)
             if consuming and (ahead > self.pause_seconds or lane.credit < 1):
                 consumer.cancel_by_queue(lane.queue)
@@ -162,17 +170,24 @@ class Backlog(bootsteps.StartStopStep):  # type: ignore[misc]
                 consumer.consume()
 
     @staticmethod
-    def _learn(lane: _Lane, ahead: float) -> None:
+    def _learn(lane: _Lane, ahead: float, *, usable: bool) -> None:
         now = time.monotonic()
-        if lane.taken and lane.ahead > 0 and ahead > 0:
+        if usable and lane.taken and lane.ahead > 0 and ahead > 0:
             booked = ahead - lane.ahead + (now - lane.at)
             if booked > 0:
                 sample = booked / lane.taken
                 lane.cost = sample if lane.cost is None else 0.7 * lane.cost + 0.3 * sample
+        elif usable and lane.taken and ahead <= 0 and lane.cost is not None:
+            # The gate ran dry although this worker took messages: one books less than
+            # learned (smaller requests, or the rate came back after a cut). Without
+            # this, a cost learned too high would starve the deployment for good:
+            # nothing is booked ahead to learn a smaller one from.
+            lane.cost /= 2
         lane.taken, lane.ahead, lane.at = 0, ahead, now
 
-    def booked_ahead(self, deployment: str) -> float | None:
-        """Seconds until a request of `deployment` asking now could start, or None."""
+    def booked_ahead(self, deployment: str) -> tuple[float, float] | None:
+        """Seconds `deployment` is booked ahead and seconds left of its cooldown, or
+        None when its gate cannot be read."""
         assert self.gate is not None
         try:
             snap = self.gate.snapshot(deployment)
@@ -182,4 +197,4 @@ class Backlog(bootsteps.StartStopStep):  # type: ignore[misc]
                 self._warned = now
                 log.warning("backlog: cannot read the gate of %s: %s", deployment, exc)
             return None
-        return max(snap.booked_ahead_seconds, snap.cooldown_seconds)
+        return snap.booked_ahead_seconds, snap.cooldown_seconds

@@ -78,12 +78,15 @@ class Settings(BaseSettings):
     #: Longest a provider 429 stops a deployment for every worker, whatever its
     #: retry-after says (a proxy may send hours).
     max_cooldown_seconds: PositiveFloat = 60.0
-    #: Neighbour learning (clients on the same key that do not ask the gate): how many
-    #: seconds the provider's reports are smoothed over, and how far apart two of them
-    #: must be to count.
+    #: Neighbour learning (clients on the same key that do not ask the gate): the gate
+    #: holds `neighbour_reserve` of the provider's bucket left, as its
+    #: x-ratelimit-remaining-* headers report it, by leaving free the share others
+    #: take (budget/lua/observe.lua). The controller's time constant, the shortest
+    #: time between its updates, and the reserve as a share of the provider's limit.
     neighbour_learning: bool = False
     neighbour_smoothing_seconds: PositiveFloat = 10.0
-    neighbour_sample_seconds: PositiveFloat = 1.0
+    neighbour_sample_seconds: PositiveFloat = 0.5
+    neighbour_reserve: float = Field(default=0.1, ge=0, lt=1)
     #: A request is booked into a future slot only this far ahead; further, it waits.
     booking_horizon_seconds: float = Field(default=300.0, ge=0, le=3600)
     #: A booked task that starts later than this re-books (its slot is gone).

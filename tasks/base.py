@@ -202,7 +202,7 @@ class BudgetedTask(Task):  # type: ignore[misc]
         except TransientProviderError as exc:
             d.metric("provider_responses_total", status=str(exc.status or exc.code))
             if exc.status == 429:
-                rt.gate.cooldown(dep.name, exc.retry_after or 1.0, refused=reservation)
+                rt.gate.cooldown(dep.name, exc.retry_after or 1.0)
                 # A refused call was not counted by the provider. (A timeout or a 5xx
                 # may have been: those keep their charge.) The refund stops at the
                 # cooldown just set.

@@ -74,6 +74,7 @@ def current() -> Runtime:
             neighbour_learning=_settings.neighbour_learning,
             neighbour_smoothing_seconds=_settings.neighbour_smoothing_seconds,
             neighbour_sample_seconds=_settings.neighbour_sample_seconds,
+            neighbour_reserve=_settings.neighbour_reserve,
         )
         _runtime = Runtime(
             settings=_settings,

@@ -12,8 +12,6 @@
 -- ARGV[4]  rate cut: the factor is multiplied by this (e.g. 0.85)
 -- ARGV[5]  lowest factor
 -- ARGV[6]  factor regained per second after a cut
--- ARGV[7]  tokens of the refused call, ARGV[8] its requests: the provider did not
---          count them, so they leave the units this gate let start (ours_t, ours_r)
 --
 -- The 429s of one overload arrive together: the rate is cut once per cooldown, not
 -- once per refused call. Buckets only ever move later.
@@ -46,12 +44,6 @@ local until_us = now + cooldown_ms * 1000
 local current = tonumber(redis.call("GET", KEYS[3]) or 0)
 if until_us > current then
   redis.call("SET", KEYS[3], string.format("%d", until_us), "PX", math.max(1, cooldown_ms))
-end
-for d, field in ipairs({"ours_t", "ours_r"}) do
-  local refused = tonumber(ARGV[6 + d])
-  if refused > 0 then
-    redis.call("HINCRBY", KEYS[4], field, string.format("%d", -refused))
-  end
 end
 
 if not cooling then

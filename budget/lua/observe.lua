@@ -2,52 +2,42 @@
 --
 -- Two things happen here, both only when the provider sends x-ratelimit-remaining-*:
 --  1. Header sync: when less is left than the gate believes, the bucket moves later
---     to match (never earlier).
---  2. Neighbour learning: clients that share the key without asking the gate show
---     up as quota that disappears faster than the gate's own calls explain. Between
---     two samples dt apart, per dimension,
---         neighbour = (left_before - left_now + rate * dt - ours) / dt
---     where `ours` is what this gate let start in between (counted by reserve.lua
---     and redeem.lua). That holds only while the provider's bucket cannot have
---     been full in between (left_before + rate * dt < limit): a full bucket loses
---     refill that would read as a neighbour. A bucket that is (nearly) full
---     again, though, is wasting refill: the estimate is too high, and the sample
---     counts as no neighbour (a probe upward; a neighbour that is really there
---     drains the bucket again and is learned again). Any other sample tells
---     nothing and is skipped. Samples are smoothed with a time
---     constant; the effective factor for reserve.lua is
---         1 - (neighbour + margin) / rate
---     with a margin of one standard error of the smoothed estimate, so it narrows
---     as the estimate steadies, and decays with time once the neighbour goes quiet.
+--     to match (never earlier). With learning on, the gate believes `reserve`
+--     less than the provider says (ARGV[1..2] carry it): a neighbour that drains
+--     the provider's bucket pushes the gate back at once, before it is learned.
+--  2. Neighbour learning: clients that share the key without asking the gate drain
+--     the provider's bucket faster than the gate's own calls. Rather than estimate
+--     them from differences of noisy, out-of-order samples, the gate holds the
+--     provider's bucket at a set level (`reserve` tokens left) with a PI
+--     controller, per dimension, x = left - reserve:
+--         n     <- n - x * dt / T^2          (the share left free, tokens/s)
+--         n_eff  = n - 2 * x / T             (what reserve.lua leaves free now)
+--         factor = 1 - n_eff / rate
+--     (critically damped, time constant T). Held level means the bucket loses
+--     nothing to overflow and nobody is refused: our rate + theirs = the quota, so
+--     n converges on the neighbours' rate while the gate has work waiting. When
+--     they go quiet the bucket fills, x > 0, and the share comes back within ~T.
+--     The standing cost is the reserve, once, not a rate margin.
 --
 -- KEYS[1]  TAT of the token bucket
 -- KEYS[2]  TAT of the request bucket
--- KEYS[3]  rate state (hash): ours_t, ours_r (units started, counters);
---          at, left_t, left_r, seen_t, seen_r (the reference sample);
---          n_t, n_r, v_t, v_r (smoothed neighbour rate per second, and the variance
---          of its samples); f_t, f_r (factor for reserve.lua); cut, cut_at (AIMD)
+-- KEYS[3]  rate state (hash): at (last update), n_t, n_r (learned share, per
+--          second); f_t, f_r (factor for reserve.lua); cut, cut_at (AIMD)
 -- ARGV[1]  lowest TAT for tokens as an offset from now, microseconds ("" = keep)
 -- ARGV[2]  lowest TAT for requests as an offset from now, microseconds ("" = keep)
--- ARGV[3]  tokens left at the provider ("" = not reported)
--- ARGV[4]  requests left at the provider ("" = not reported)
+-- ARGV[3]  tokens left at the provider ("" = not learning from it)
+-- ARGV[4]  requests left at the provider ("" = not learning from it)
 -- ARGV[5]  tokens per second of the quota
 -- ARGV[6]  requests per second of the quota
--- ARGV[7]  the provider's token limit (its bucket size), for "nearly full"
--- ARGV[8]  the provider's request limit
--- ARGV[9]  smoothing time constant, seconds
--- ARGV[10] shortest time between two samples, seconds
+-- ARGV[7]  tokens to keep left at the provider (the set level)
+-- ARGV[8]  requests to keep left at the provider
+-- ARGV[9]  time constant T, seconds
+-- ARGV[10] shortest time between two updates, seconds
 -- ARGV[11] lowest factor
 --
 -- Returns {now_us, moved} where moved counts the buckets that header sync moved.
 
 if redis.replicate_commands then redis.replicate_commands() end
-
-local rates = {tonumber(ARGV[5]), tonumber(ARGV[6])}
-local limits = {tonumber(ARGV[7]), tonumber(ARGV[8])}
-local tau = tonumber(ARGV[9])
-local min_dt = tonumber(ARGV[10])
-local lowest = tonumber(ARGV[11])
-local dims = {"t", "r"}
 
 local t = redis.call("TIME")
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -69,53 +59,35 @@ if ARGV[3] == "" and ARGV[4] == "" then
   return {now, moved}
 end
 
-local s = redis.call("HMGET", KEYS[3], "at", "ours_t", "ours_r", "left_t", "left_r",
-                     "seen_t", "seen_r", "n_t", "n_r", "v_t", "v_r")
+local s = redis.call("HMGET", KEYS[3], "at", "n_t", "n_r")
 local at = tonumber(s[1])
-local ours = {tonumber(s[2]) or 0, tonumber(s[3]) or 0}
-local dt = at and (now - at) / 1000000 or nil
-
-if dt and dt < min_dt then
-  return {now, moved}  -- too close to the reference sample to tell anything
-end
-
-local update = {"at", string.format("%d", now)}
-if dt and dt <= 10 * tau then
-  local w = 1 - math.exp(-dt / tau)
-  -- Standard error of an exponentially smoothed mean, for samples min_dt apart.
-  local w_min = 1 - math.exp(-min_dt / tau)
-  local se = math.sqrt(w_min / (2 - w_min))
-  for d = 1, 2 do
-    local left, before = tonumber(ARGV[2 + d]), tonumber(s[3 + d])
-    local seen = tonumber(s[5 + d])
-    if left and before and seen then
-      local refill = rates[d] * dt
-      local sample = nil
-      if before + refill < limits[d] then
-        sample = math.max(0, (before - left + refill - (ours[d] - seen)) / dt)
-      elseif left >= limits[d] - refill then
-        sample = 0
-      end
-      if sample then
-        local n = tonumber(s[7 + d]) or 0
-        local v = tonumber(s[9 + d]) or 0
-        n = n + w * (sample - n)
-        v = v + w * ((sample - n) ^ 2 - v)
-        local factor = 1 - (n + se * math.sqrt(v)) / rates[d]
-        if factor < lowest then factor = lowest end
-        if factor > 1 then factor = 1 end
-        local k = dims[d]
-        table.insert(update, "n_" .. k); table.insert(update, string.format("%.6f", n))
-        table.insert(update, "v_" .. k); table.insert(update, string.format("%.6f", v))
-        table.insert(update, "f_" .. k); table.insert(update, string.format("%.6f", factor))
-      end
-    end
+local tau = tonumber(ARGV[9])
+local dt = 0
+if at then
+  dt = (now - at) / 1000000
+  if dt < tonumber(ARGV[10]) then
+    return {now, moved}  -- updated a moment ago
   end
+  -- After a quiet spell the last level says little about the time in between.
+  if dt > tau then dt = tau end
 end
+
+local lowest = tonumber(ARGV[11])
+local update = {"at", string.format("%d", now)}
+local dims = {"t", "r"}
 for d = 1, 2 do
-  if ARGV[2 + d] ~= "" then
-    table.insert(update, "left_" .. dims[d]); table.insert(update, ARGV[2 + d])
-    table.insert(update, "seen_" .. dims[d]); table.insert(update, string.format("%d", ours[d]))
+  local left = tonumber(ARGV[2 + d])
+  if left then
+    local rate = tonumber(ARGV[4 + d])
+    local most = rate * (1 - lowest)
+    local x = left - tonumber(ARGV[6 + d])
+    local n = (tonumber(s[1 + d]) or 0) - x * dt / (tau * tau)
+    n = math.max(0, math.min(most, n))
+    local n_eff = math.max(0, math.min(most, n - 2 * x / tau))
+    local k = dims[d]
+    table.insert(update, "n_" .. k); table.insert(update, string.format("%.6f", n))
+    table.insert(update, "f_" .. k)
+    table.insert(update, string.format("%.6f", 1 - n_eff / rate))
   end
 end
 redis.call("HSET", KEYS[3], unpack(update))

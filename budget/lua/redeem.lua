@@ -8,11 +8,8 @@
 --
 -- KEYS[1]  booking marker of this reservation
 -- KEYS[2]  cooldown marker (Redis microseconds at which the cooldown ends)
--- KEYS[3]  rate state (hash): a used booking's units count as started (ours_t, ours_r)
 -- ARGV[1]  the booking's start, Redis microseconds
 -- ARGV[2]  how early the task may be and still use the booking now, microseconds
--- ARGV[3]  the booking's tokens
--- ARGV[4]  the booking's requests
 --
 -- Returns {now_us, status}
 --   status: 0 valid (used up now), 1 unknown (never booked, already used, or
@@ -37,6 +34,4 @@ if start - now > inline then
   return {now, 3}
 end
 redis.call("DEL", KEYS[1])
-redis.call("HINCRBY", KEYS[3], "ours_t", ARGV[3])
-redis.call("HINCRBY", KEYS[3], "ours_r", ARGV[4])
 return {now, 0}

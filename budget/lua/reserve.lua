@@ -10,8 +10,7 @@
 -- KEYS[3]  admission log (list), written only when ARGV[8] == "1"
 -- KEYS[4]  rate state (hash, see observe.lua and cooldown.lua): the factor (<= 1)
 --          each dimension runs at is the smaller of the AIMD factor after a 429
---          (cut, regained with time since cut_at) and the learned one (f_t, f_r);
---          units started now are counted in ours_t, ours_r
+--          (cut, regained with time since cut_at) and the learned one (f_t, f_r)
 -- KEYS[5]  booking marker of this reservation (written when booked; see redeem.lua)
 -- ARGV[1]  token cost
 -- ARGV[2]  request cost
@@ -25,8 +24,6 @@
 -- ARGV[10] reservation id (for the log)
 -- ARGV[11] how long a booking marker outlives its start, milliseconds
 -- ARGV[12] AIMD factor regained per second after a cut
--- ARGV[13] a booking this close (microseconds) is waited for in place by the caller:
---          it counts as started now (further ones count when redeemed)
 --
 -- A request is booked when the time booked ahead on every bucket is within the
 -- horizon; it then starts at most horizon + its own cost's interval from now.
@@ -105,10 +102,6 @@ if log_on then
   redis.call("LTRIM", KEYS[3], -log_max, -1)
 end
 
-if start - now <= tonumber(ARGV[13]) then
-  redis.call("HINCRBY", KEYS[4], "ours_t", costs[1])
-  redis.call("HINCRBY", KEYS[4], "ours_r", costs[2])
-end
 if start > now then
   -- The booking is single-use, so that a copy of the message or a forged header
   -- cannot skip the gate.

@@ -21,7 +21,7 @@
 -- KEYS[1]  the window set: members "tokens requests id", scored by start (microseconds)
 -- KEYS[2]  cooldown marker: nothing starts before this (Redis microseconds; missing = 0)
 -- KEYS[3]  rate state (hash, see reserve.lua): the factor each dimension runs at
---          shrinks its windows' allowance; units started now are counted
+--          shrinks its windows' allowance
 -- KEYS[4]  admission log (list), written only when ARGV[8] == "1"
 -- KEYS[5]  booking marker of this reservation (written when booked; see redeem.lua)
 -- ARGV[1]  token cost
@@ -36,7 +36,6 @@
 -- ARGV[10] reservation id (for the log)
 -- ARGV[11] how long a booking marker outlives its start, milliseconds
 -- ARGV[12] AIMD factor regained per second after a cut
--- ARGV[13] a booking this close (microseconds) counts as started now
 --
 -- A request is booked when the last booked start (or the cooldown's end) is within the
 -- horizon; it then starts at most horizon + one window from now.
@@ -224,10 +223,6 @@ if log_on then
   redis.call("LTRIM", KEYS[4], -log_max, -1)
 end
 
-if start - now <= tonumber(ARGV[13]) then
-  redis.call("HINCRBY", KEYS[3], "ours_t", costs[1])
-  redis.call("HINCRBY", KEYS[3], "ours_r", costs[2])
-end
 if start > now then
   -- Single-use (see reserve.lua and redeem.lua).
   redis.call("SET", KEYS[5], "1", "PX",

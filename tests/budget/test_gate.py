@@ -51,10 +51,14 @@ def test_booked_at_the_earliest_conforming_time(redis_client: redis.Redis) -> No
 
 def test_requests_dimension_binds_for_small_calls(redis_client: redis.Redis) -> None:
     gate = make_gate(redis_client)  # 10 requests at once, then one per 0.1 s
-    outcomes = [gate.reserve("d1", tokens=1).outcome for _ in range(11)]
-    assert outcomes[:10] == [Outcome.GRANTED] * 10
-    assert outcomes[10] is Outcome.BOOKED
-    assert gate.reserve("d1", tokens=1).dimension == "requests"
+    decisions = [gate.reserve("d1", tokens=1)]
+    while decisions[-1].outcome is Outcome.GRANTED:
+        decisions.append(gate.reserve("d1", tokens=1))
+    # On the Redis clock: the burst, plus what refilled while asking (a loaded host).
+    refilled = int((decisions[-1].now - decisions[0].now) / 0.1)
+    assert 10 <= len(decisions) - 1 <= 10 + refilled
+    assert decisions[-1].outcome is Outcome.BOOKED
+    assert decisions[-1].dimension == "requests"
 
 
 def test_wait_beyond_the_horizon_with_a_hint(redis_client: redis.Redis) -> None:
