@@ -361,8 +361,15 @@ class Gate:
                 cooldown_seconds=max(0.0, (cool_us - now_us) / _US),
                 rate_factor=token_factor,
                 request_rate_factor=request_factor,
-                effective_tpm=dep.tpm * token_factor,
-                effective_rpm=dep.rpm * request_factor,
+                neighbour_tpm=state.neighbour_tokens_per_second * 60,
+                neighbour_rpm=state.neighbour_requests_per_second * 60,
+                # Others' usage is pushed into the windows: what is left is ours.
+                effective_tpm=max(
+                    0.0, dep.tpm * token_factor - state.neighbour_tokens_per_second * 60
+                ),
+                effective_rpm=max(
+                    0.0, dep.rpm * request_factor - state.neighbour_requests_per_second * 60
+                ),
             )
         ahead = max(tok_us - lim.token_tolerance_us, req_us - lim.request_tolerance_us) - now_us
         return BudgetSnapshot(

@@ -105,6 +105,10 @@ class WindowState:
     requests_available: float
     #: Seconds from now to the last booked start.
     booked_ahead_seconds: float
+    #: Tokens and requests per second others used beyond the gate's own starts, as
+    #: header sync found them over the last window.
+    neighbour_tokens_per_second: float = 0.0
+    neighbour_requests_per_second: float = 0.0
 
 
 def window_state(
@@ -119,16 +123,28 @@ def window_state(
     last = max((s for _, s in starts), default=now_us)
     ahead = max(0.0, (max(last, cooldown_us) - now_us) / _US)
     used = [0, 0]
+    others = [0, 0]
     for member, start in starts:
-        tokens, requests = (int(x) for x in member.split()[:2])
+        tokens, requests, whose = member.split()[:3]
         if now_us - windows.token_window_us < start <= now_us:
-            used[0] += tokens
+            used[0] += int(tokens)
         if now_us - windows.request_window_us < start <= now_us:
-            used[1] += requests
+            used[1] += int(requests)
+        if whose.startswith(b"n"):  # someone else's usage, seen at its id's time
+            seen = int(whose[1:].split(b":")[0])
+            if now_us - windows.token_window_us < seen <= now_us:
+                others[0] += int(tokens)
+            if now_us - windows.request_window_us < seen <= now_us:
+                others[1] += int(requests)
+    neighbours = {
+        "neighbour_tokens_per_second": others[0] / (windows.token_window_us / _US),
+        "neighbour_requests_per_second": others[1] / (windows.request_window_us / _US),
+    }
     if ahead > 0:  # first in line is whoever booked last: nothing starts now
-        return WindowState(0.0, 0.0, ahead)
+        return WindowState(0.0, 0.0, ahead, **neighbours)
     return WindowState(
         tokens_available=max(0.0, windows.token_allowance * factor - used[0]),
         requests_available=max(0.0, windows.request_allowance * factor - used[1]),
         booked_ahead_seconds=0.0,
+        **neighbours,
     )

@@ -63,7 +63,11 @@ end
 local at = now
 local newest = redis.call("ZREVRANGE", KEYS[1], 0, 0, "WITHSCORES")
 if newest[2] and tonumber(newest[2]) > at then at = tonumber(newest[2]) end
-local member = string.format("%d %d x%d:%d", add[1], add[2], now, redis.call("ZCARD", KEYS[1]))
+-- The id says whose usage it is and when it was seen: "n" someone else's (header
+-- sync; the snapshot reads the neighbours' rate from these), "x" our own extra.
+local whose = (reported[1] ~= "" or reported[2] ~= "") and "n" or "x"
+local member = string.format("%d %d %s%d:%d", add[1], add[2], whose, now,
+                             redis.call("ZCARD", KEYS[1]))
 redis.call("ZADD", KEYS[1], string.format("%d", at), member)
 redis.call("PEXPIRE", KEYS[1], math.floor((at - now + longest) / 1000) + 1000)
 return {now, 1}

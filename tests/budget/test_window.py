@@ -156,7 +156,11 @@ def test_header_sync_adds_only_what_someone_else_used(redis_client: redis.Redis)
     assert gate.observe("w1", {"x-ratelimit-remaining-tokens": "200"})
     assert gate.reserve("w1", tokens=200).outcome is Outcome.GRANTED
     assert gate.reserve("w1", tokens=1).outcome is Outcome.BOOKED
-    assert gate.snapshot("w1").tokens_available == 0
+    snap = gate.snapshot("w1")
+    assert snap.tokens_available == 0
+    # The 500 someone else used in the last window (1 s + the guard) is their rate.
+    assert snap.neighbour_tpm == pytest.approx(500 / (1 + GUARD) * 60)
+    assert snap.effective_tpm == pytest.approx(60_000 - snap.neighbour_tpm)
 
 
 def test_actual_accounting_charges_extra_usage_once(redis_client: redis.Redis) -> None:
