@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
-import uuid
+import os
 from collections.abc import Iterable, Mapping
 
 import redis
@@ -23,14 +23,14 @@ from budget.decisions import (
 )
 from budget.errors import NeverAdmissible
 from budget.limits import Limits, check_admissible, number
+from budget.reserve import ReserveCall
+from budget.snapshot import read_snapshot
 from budget.store import ScriptStore
-from budget.window import window_state
 from settings import DeploymentSettings, SettingsError
 
 log = logging.getLogger(__name__)
 
 _US = 1_000_000
-_DIMENSIONS = {1: "tokens", 2: "requests"}
 #: How long a settled marker is kept: longer than any redelivery can arrive.
 _SETTLED_TTL_SECONDS = 24 * 3600
 #: How long a booking marker outlives its slot: a late task must still find it to
@@ -98,6 +98,18 @@ class Gate:
         self._limits: dict[str, Limits] = {}
         for dep in deployments:
             self._limits[dep.name] = Limits.of(dep, key_prefix)
+        self._reserve = {
+            name: ReserveCall(
+                self.store,
+                lim,
+                horizon_us=int(horizon_seconds * _US),
+                admission_log=admission_log,
+                log_max=_LOG_MAX,
+                booking_grace_ms=_BOOKING_GRACE_MS,
+                rate_regain_per_second=rate_regain_per_second,
+            )  # fmt: skip
+            for name, lim in self._limits.items()
+        }
 
     def limits(self, deployment: str) -> Limits:
         try:
@@ -124,70 +136,20 @@ class Gate:
         """
         if tokens < 0 or requests < 0:
             raise ValueError("costs must be >= 0")
-        lim = self.limits(deployment)
-        rid = reservation_id or uuid.uuid4().hex
         try:
-            self.never_admissible(deployment, tokens=tokens, requests=requests)
-        except NeverAdmissible as exc:
-            return Decision(
-                Outcome.NEVER, now=self.store.time(), dimension=exc.dimension, error=exc
-            )
-        if lim.windows is not None:
-            script = "window"
-            keys = [
-                lim.keys.window,
-                lim.keys.cooldown,
-                lim.keys.rate,
-                lim.keys.log,
-                lim.keys.booking(rid),
-            ]
-            args = lim.windows.reserve_args(
-                tokens=tokens, requests=requests, horizon_us=int(self.horizon_seconds * _US),
-                log=self.admission_log, log_max=_LOG_MAX, reservation_id=rid,
-            )  # fmt: skip
-        else:
-            script = "reserve"
-            keys = [
-                lim.keys.tokens,
-                lim.keys.requests,
-                lim.keys.log,
-                lim.keys.rate,
-                lim.keys.booking(rid),
-            ]
-            args = [
-                tokens,
-                requests,
-                repr(lim.token_interval_us),
-                repr(lim.request_interval_us),
-                repr(lim.token_tolerance_us),
-                repr(lim.request_tolerance_us),
-                int(self.horizon_seconds * _US),
-                "1" if self.admission_log else "0",
-                _LOG_MAX,
-                rid,
-            ]
-        # Both scripts end alike: the booking marker and the AIMD regain.
-        args += [_BOOKING_GRACE_MS, repr(self.rate_regain_per_second)]
-        code, now_us, start_us, wait_us, binding = self.store.run(script, keys, args)
-        now = now_us / _US
-        dimension = _DIMENSIONS.get(int(binding))
-        if code == 3:
-            # Only reachable when settings changed under a running worker.
-            cost, cap = (tokens, lim.settings.token_capacity)
-            if dimension == "requests":
-                cost, cap = (requests, lim.settings.request_capacity)
-            err = NeverAdmissible(
-                deployment=deployment, dimension=dimension or "tokens", requested=cost,
-                capacity=cap, hint=lim.settings.capacity_hint,
-            )  # fmt: skip
-            return Decision(Outcome.NEVER, now=now, dimension=dimension, error=err)
-        if code == 2:
-            return Decision(Outcome.WAIT, now=now, wait=wait_us / _US, dimension=dimension)
-        reservation = Reservation(
-            id=rid, deployment=deployment, tokens=tokens, requests=requests, start_at=start_us / _US
-        )
-        outcome = Outcome.GRANTED if code == 0 else Outcome.BOOKED
-        return Decision(outcome, now=now, reservation=reservation, dimension=dimension)
+            call = self._reserve[deployment]
+        except KeyError:
+            self.limits(deployment)  # raises, naming the configured deployments
+            raise
+        if tokens > call.token_capacity or requests > call.request_capacity:
+            try:
+                self.never_admissible(deployment, tokens=tokens, requests=requests)
+            except NeverAdmissible as exc:
+                return Decision(
+                    Outcome.NEVER, now=self.store.time(), dimension=exc.dimension, error=exc
+                )
+        # 128 random bits, as uuid4 has, without building a UUID for each call.
+        return call(tokens, requests, reservation_id or os.urandom(16).hex())
 
     def redeem(
         self, reservation: Reservation, *, inline_seconds: float
@@ -332,66 +294,9 @@ class Gate:
         return int(moved)
 
     def snapshot(self, deployment: str) -> BudgetSnapshot:
-        lim = self.limits(deployment)
-        now_us, tok_us, req_us, cool_us, aimd_ppm, ft_ppm, fr_ppm, nt, nr = self.store.run(
-            "snapshot",
-            [lim.keys.tokens, lim.keys.requests, lim.keys.cooldown, lim.keys.rate],
-            [self.rate_regain_per_second],
-        )
-        token_factor = min(aimd_ppm, ft_ppm) / 1e6
-        request_factor = min(aimd_ppm, fr_ppm) / 1e6
-        dep = lim.settings
-
-        def available(tat: int, tolerance: float, interval: float, capacity: float) -> float:
-            return max(0.0, min(capacity, (tolerance - max(0, tat - now_us)) / interval))
-
-        if lim.windows is not None:
-            state = window_state(
-                lim.windows, self.store.zrange(lim.keys.window), now_us=now_us,
-                cooldown_us=cool_us, factor=token_factor,
-            )  # fmt: skip
-            return BudgetSnapshot(
-                deployment=deployment,
-                now=now_us / _US,
-                tokens_available=state.tokens_available,
-                tokens_capacity=dep.token_capacity,
-                requests_available=state.requests_available,
-                requests_capacity=dep.request_capacity,
-                booked_ahead_seconds=state.booked_ahead_seconds,
-                cooldown_seconds=max(0.0, (cool_us - now_us) / _US),
-                rate_factor=token_factor,
-                request_rate_factor=request_factor,
-                neighbour_tpm=state.neighbour_tokens_per_second * 60,
-                neighbour_rpm=state.neighbour_requests_per_second * 60,
-                # Others' usage is pushed into the windows: what is left is ours.
-                effective_tpm=max(
-                    0.0, dep.tpm * token_factor - state.neighbour_tokens_per_second * 60
-                ),
-                effective_rpm=max(
-                    0.0, dep.rpm * request_factor - state.neighbour_requests_per_second * 60
-                ),
-            )
-        ahead = max(tok_us - lim.token_tolerance_us, req_us - lim.request_tolerance_us) - now_us
-        return BudgetSnapshot(
-            deployment=deployment,
-            now=now_us / _US,
-            tokens_available=available(
-                tok_us, lim.token_tolerance_us, lim.token_interval_us, dep.token_capacity
-            ),
-            tokens_capacity=dep.token_capacity,
-            requests_available=available(
-                req_us, lim.request_tolerance_us, lim.request_interval_us, dep.request_capacity
-            ),
-            requests_capacity=dep.request_capacity,
-            booked_ahead_seconds=max(0.0, ahead / _US),
-            cooldown_seconds=max(0.0, (cool_us - now_us) / _US),
-            rate_factor=token_factor,
-            request_rate_factor=request_factor,
-            neighbour_tpm=nt / 1000 * 60,
-            neighbour_rpm=nr / 1000 * 60,
-            effective_tpm=dep.tpm * token_factor,
-            effective_rpm=dep.rpm * request_factor,
-        )
+        """The deployment's budget as of now, for status displays (one round trip,
+        and the window set for a window limiter)."""
+        return read_snapshot(self.store, self.limits(deployment), self.rate_regain_per_second)
 
     def release(self, reservation: Reservation) -> None:
         """Give back a booked slot that will not be used (its call was never sent).

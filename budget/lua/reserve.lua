@@ -53,6 +53,8 @@ if state[1] then
 end
 local factors = {math.min(aimd, tonumber(state[3]) or 1), math.min(aimd, tonumber(state[4]) or 1)}
 
+-- Both TATs in one call: every redis.call costs about as much as the arithmetic here.
+local stored = redis.call("MGET", KEYS[1], KEYS[2])
 local tats = {}
 local increments = {}
 local start = now
@@ -69,7 +71,7 @@ for d = 1, 2 do
   if slowed > tolerances[d] then slowed = tolerances[d] end
   if slowed > increment then increment = slowed end
   increments[d] = increment
-  local tat = tonumber(redis.call("GET", KEYS[d]) or now)
+  local tat = tonumber(stored[d] or now)
   if tat < now then tat = now end
   tats[d] = tat
   -- Booking depends on the time already booked ahead (the backlog), not on this
