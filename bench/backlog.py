@@ -1,7 +1,7 @@
 """A backlog many times the booking horizon: broker messages per request, and whether
 a light deployment beside the saturated one still gets through.
 
-    python -m bench.backlog [--json] [--requests N] [--write]
+    python -m bench.backlog [--json] [--requests N] [--short] [--write [--before FILE]]
 
 Time is compressed: the booking horizon is 2 s, and a batch of N chat requests
 (default 600, ~45 s of the heavy deployment's quota: over 20 horizons) is submitted
@@ -36,6 +36,7 @@ API_KEY = "sk-bench-backlog"
 HORIZON = 2.0
 HEAVY_TPM, HEAVY_RPM = 90_000, 3_000
 LIGHT_EVERY = 0.5
+SHORT_REQUESTS = 60
 
 
 def _bodies(n: int, model: str, seed: int) -> list[dict[str, Any]]:
@@ -224,11 +225,12 @@ def write_report(after: dict[str, Any], before: dict[str, Any] | None) -> None:
         ("other_deployment_alone_p95_s", "light deployment p95, alone, s"),
         ("other_deployment_p95_s", "light deployment p95, beside the backlog, s"),
         ("worker_cpu_ms_per_request", "worker CPU per request, ms"),
+        ("short_backlog_worker_cpu_ms_per_request", "worker CPU per request, short backlog, ms"),
     ]
     rows = ["| | before (deferral churn) | after (backlog in the broker) |", "|---|--:|--:|"]
     for key, label in keys:
         b = before.get(key, "") if before else ""
-        rows.append(f"| {label} | {b} | {after[key]} |")
+        rows.append(f"| {label} | {b} | {after.get(key, '')} |")
     section = "\n".join([
         "## A backlog of many booking horizons (`python -m bench.backlog`)",
         "",
@@ -240,7 +242,8 @@ def write_report(after: dict[str, Any], before: dict[str, Any] | None) -> None:
         "the code without per-deployment queues (every request on the main queue; one",
         "beyond the horizon is deferred again and again). Utilization: tokens the provider",
         "charged over what the deployment allowed from submit to the last result (burst +",
-        "rate x time).",
+        "rate x time). The short backlog: the same run with "
+        f"{SHORT_REQUESTS} heavy requests (about two horizons).",
         "",
         *rows,
         "",
@@ -254,8 +257,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=600)
     parser.add_argument("--write", action="store_true", help="write bench/RESULTS.md")
     parser.add_argument("--before", type=Path, help="JSON of the same run on earlier code")
+    parser.add_argument("--short", action="store_true", help="also run a short backlog")
     args = parser.parse_args(argv)
     result = run(args.requests)
+    if args.short:
+        # The same pipeline with a backlog of about two horizons: CPU per request
+        # should be no worse with the long one.
+        short = run(SHORT_REQUESTS)
+        result["short_backlog_over_horizon"] = short["backlog_over_horizon"]
+        result["short_backlog_worker_cpu_ms_per_request"] = short["worker_cpu_ms_per_request"]
     if args.json:
         print(json.dumps(result))
     else:

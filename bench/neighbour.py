@@ -226,9 +226,13 @@ def main(argv: list[str] | None = None) -> int:
             f"`python -m bench.neighbour`, {time.strftime('%Y-%m-%d')}, {cpu_model()}. "
             f"{TPM:,} TPM / {RPM:,} RPM, the simulator's OpenAI-style bucket holding "
             f"{BUCKET_SECONDS:g} s (gate burst {BURST_SECONDS:g} s), 2 worker processes "
-            "(threads, 16 each), three times the work the quota admits. Utilization is "
+            '(threads, 16 each), three times the work the quota admits. "learned" holds '
+            f"the provider's bucket at {RESERVE:g} of its limit with a {SMOOTHING_SECONDS:g} s "
+            "time constant (the defaults, 0.1 and 10 s, scaled from a minute's bucket to "
+            'this one); "aimd" is header sync and the 429 path alone. Utilization is '
             f"quotaflow's and the neighbour's tokens over {MEASURED:g} s after a "
-            f"{WARMUP:g} s warm-up, while quotaflow had work waiting.\n\n"
+            f"{WARMUP:g} s warm-up, while quotaflow had work waiting (above 1: the full "
+            "bucket drained).\n\n"
             + table(runs)
             + "\n![effective rate, neighbour and 429s over time](neighbour.png)\n"
         )

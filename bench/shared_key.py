@@ -1,0 +1,114 @@
+"""A new user's shared key at real time: the default settings beside a blind neighbour.
+
+    python -m bench.shared_key [--json] [--minutes M] [--neighbour-tpm N]
+
+The simulator as OpenAI's bucket is (a minute of quota, 90k TPM / 3k RPM), a
+neighbour sending 20k TPM on the same key without asking the gate, and M minutes of
+quota (default 3) submitted at once to two worker processes (threads, 16 each). Each
+strategy runs with quotaflow's default settings, "learned" adding only
+`neighbour_learning = true`: no time constant is scaled, as none would be by a user.
+
+Measured per strategy: provider 429s over quotaflow's calls, the makespan, and the
+makespan over its bound (the work past the full bucket at the rate the neighbour
+leaves); the learned neighbour rate at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from bench.workload import make_workload
+from pipeline import app
+from pipeline.app import configure
+from pipeline.jobs import Jobs
+from pipeline.local import LocalWorkers
+from pipeline.redis_server import RedisServer
+from settings import DeploymentSettings, Settings
+from simulator import Simulator, SimulatorConfig
+from tasks import runtime
+
+API_KEY = "sk-bench-shared-key"
+TPM, RPM = 90_000, 3_000
+
+
+def run_one(strategy: str, minutes: float, neighbour_tpm: int) -> dict[str, Any]:
+    server = RedisServer().start()
+    sim = Simulator(
+        SimulatorConfig(
+            tpm=TPM, rpm=RPM, bucket_seconds=60.0, api_key=API_KEY,
+            latency_ms=400.0, latency_jitter_ms=300.0, seed=11,
+        )
+    ).start()  # fmt: skip
+    try:
+        dep = DeploymentSettings(
+            name="shared", kind="compatible", model="gpt-4o-mini", base_url=sim.url + "/v1",
+            api_key=API_KEY, tpm=TPM, rpm=RPM,
+        )  # fmt: skip
+        settings = Settings(
+            redis_url=server.url, deployments=[dep],
+            neighbour_learning=strategy == "learned",
+        )  # fmt: skip
+        configure(app, settings)
+        jobs = Jobs(settings, runtime.current().jobs)
+        work = make_workload(10_000, seed=3)
+        # Whole requests up to `minutes` of quota, charged as the provider charges.
+        bodies, total = [], 0
+        for body, charge in zip(work.bodies, work.charges, strict=True):
+            if total + charge > minutes * TPM:
+                break
+            bodies.append(body)
+            total += charge
+        with LocalWorkers(settings, count=2, concurrency=16, pool="threads") as w:
+            w.wait_ready()
+            sim.configure(neighbour_tpm=neighbour_tpm)
+            time.sleep(1.0)
+            base = sim.stats()
+            t0 = time.monotonic()
+            report = jobs.submit_bodies(bodies)
+            while not (status := jobs.status(report.job_id)).finished:
+                if time.monotonic() - t0 > 60 * (3 * minutes + 5):
+                    raise RuntimeError(f"unfinished: {status}")
+                time.sleep(0.5)
+            makespan = time.monotonic() - t0
+            snap = runtime.current().gate.snapshot("shared")
+            end = sim.stats()
+        calls = end["requests_received"] - base["requests_received"]
+        refused = end["refused_429"] - base["refused_429"]
+        # The bucket starts full (shared with the neighbour); past it, what it leaves.
+        bound = max(0.0, total - TPM) / ((TPM - neighbour_tpm) / 60)
+        return {
+            "strategy": strategy,
+            "requests": len(bodies),
+            "tokens": total,
+            "calls": calls,
+            "provider_429s": refused,
+            "share_429": round(refused / max(1, calls), 4),
+            "makespan_s": round(makespan, 1),
+            "makespan_over_bound": round(makespan / bound, 3) if bound else None,
+            "learned_neighbour_tpm": round(snap.neighbour_tpm),
+            "done": status.counts["done"],
+        }
+    finally:
+        sim.stop()
+        server.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="one JSON line per strategy")
+    parser.add_argument("--minutes", type=float, default=3.0, help="minutes of quota sent")
+    parser.add_argument("--neighbour-tpm", type=int, default=20_000)
+    parser.add_argument("--strategy", choices=("learned", "aimd"), action="append")
+    args = parser.parse_args(argv)
+    for strategy in args.strategy or ["learned", "aimd"]:
+        row = run_one(strategy, args.minutes, args.neighbour_tpm)
+        print(json.dumps(row) if args.json else row, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
