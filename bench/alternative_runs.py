@@ -1,5 +1,6 @@
 """The alternatives' runs (naive retry, Celery rate_limit, the article's check, LiteLLM,
-the single-process pacer): the same batch, published straight to `bench.alternatives`."""
+the single-process pacer): the same batch, published straight to `bench.alternatives` or
+handed to `bench.pacer`."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 import redis
 
-from bench import alternatives
+from bench import alternatives, pacer
 from bench.fleets import (
     API_KEY,
     AZURE_API_VERSION,
@@ -78,7 +79,7 @@ def run_alternative(ctx: Context, strategy: str, policy: str, workers: int | Non
         spawn = mp.get_context("spawn")
         go = spawn.Event()
         proc = spawn.Process(
-            target=alternatives.run_pacer, args=(ctx.workload.bodies, rids, p, go), daemon=True
+            target=pacer.run_pacer, args=(ctx.workload.bodies, rids, p, go), daemon=True
         )
         proc.start()
         wait_until(lambda: int(client.exists(k["ready"])), 1, time.time() + 60)
