@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support.cli import QUOTAFLOW
 from support.cluster import ROOT
 from support.flower import get, poll
 from support.processes import stop_session
@@ -18,8 +18,6 @@ from pipeline.local import worker_env
 from pipeline.redis_server import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
-
-QUOTAFLOW = Path(sys.executable).with_name("quotaflow")
 
 
 def poll_json(url: str, ok: Callable[[Any], bool]) -> Any:
