@@ -17,8 +17,8 @@ from bench.fleets import (
     WARMUP_BODY,
     WORKER_NICE,
     CpuMeter,
-    Fleet,
     purge,
+    start_fleet,
 )
 from bench.measures import LABELS, Context, RunResult, log, measure, record, wait_until
 from bench.workload import MODEL
@@ -139,8 +139,10 @@ def run_alternatives_fleet(ctx: Context, workers: int, strategies: list[str]) ->
          f"rate_limit {per_worker:.2f}/s each")  # fmt: skip
     env = {"BENCH_REDIS_URL": ctx.redis_url, "BENCH_RATE_LIMIT": f"{per_worker:.4f}/s"}
     ping = lambda: len(alternatives.app.control.ping(timeout=0.5))  # noqa: E731
-    fleet = Fleet("bench.alternatives", alternatives.QUEUE, workers, s.concurrency, env, ping,
-                  ctx.logdir)  # fmt: skip
+    # Not quotaflow's app: no quotaflow settings, the alternatives read BENCH_* alone.
+    fleet = start_fleet(None, app="bench.alternatives", queues=alternatives.QUEUE, count=workers,
+                        concurrency=s.concurrency, ping=ping, logdir=ctx.logdir,
+                        extra_env=env)  # fmt: skip
     try:
         warm_alternatives(ctx, workers)
         for policy in s.policies:
