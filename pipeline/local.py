@@ -14,6 +14,7 @@ flight and hands the rest back; SIGKILL to its process group only after a grace 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -205,16 +206,14 @@ class LocalWorkers:
             raise WorkerError("local workers need a Redis URL (configured or embedded)")
         self.settings = settings
         self.count = count
-        self.concurrency = concurrency
-        self.pool = pool
-        self.loglevel = loglevel
         self.name = name
-        self.app = app
-        self.queues = _queues(settings, queues)
-        self.extra_env = dict(extra_env or {})
-        self.nice = nice
         self.cwd = cwd
         self.logdir = logdir
+        # What every worker shares; start() adds each one's name, log and cwd.
+        self._worker = functools.partial(
+            LocalWorker, settings, concurrency=concurrency, pool=pool, loglevel=loglevel,
+            extra_env=extra_env, app=app, queues=_queues(settings, queues), nice=nice,
+        )  # fmt: skip
         self.workers: list[LocalWorker] = []
         self.dir: Path | None = None
 
@@ -225,18 +224,10 @@ class LocalWorkers:
             for i in range(self.count):
                 # By default the cwd is the private directory: every setting comes from
                 # the environment, never from a stray .env or quotaflow.toml.
-                worker = LocalWorker(
-                    self.settings,
+                worker = self._worker(
                     hostname=f"{self.name}-{i + 1}-{tag}@%h",
                     log_path=(self.logdir or self.dir) / f"{self.name}-{i + 1}.log",
                     cwd=self.cwd or self.dir,
-                    concurrency=self.concurrency,
-                    pool=self.pool,
-                    loglevel=self.loglevel,
-                    extra_env=self.extra_env,
-                    app=self.app,
-                    queues=self.queues,
-                    nice=self.nice,
                 )
                 self.workers.append(worker)
         except BaseException:
