@@ -13,11 +13,42 @@ from hypothesis import strategies as st
 from support.conformance import admitted_share, window_excess, window_share, worst_excess
 from support.hammer import gate_reserve, hammer
 
-from budget import Gate, Outcome
+from budget import Gate, Outcome, Reservation
 from settings import DeploymentSettings
 
 #: Float seconds carry microsecond noise: allow a thousandth of a unit.
 EPSILON = 1e-3
+
+
+#: Each property runs 40 sequences against the real Redis, with no deadline per sequence.
+SEQUENCES = settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+#: A sequence of gate calls: (call, size from 0 to 1, pause in seconds after it).
+OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["reserve", "reserve", "reserve", "cooldown", "observe", "settle"]),
+        st.floats(min_value=0.0, max_value=1.0),
+        st.floats(min_value=0.0, max_value=0.004),
+    ),
+    min_size=1,
+    max_size=60,
+)
+
+
+def reserve_or_never(
+    gate: Gate, dep: DeploymentSettings, size: float, held: list[Reservation]
+) -> None:
+    """Reserve `size` of the burst (or window allowance), up to just past it: "never"
+    must be answered then, not admitted."""
+    cost = max(1, int(size * dep.token_capacity * 1.05))
+    decision = gate.reserve(dep.name, tokens=cost)
+    if decision.reservation:
+        held.append(decision.reservation)
+    if cost > dep.token_capacity:
+        assert decision.outcome is Outcome.NEVER
 
 
 def check_log(gate: Gate, dep: DeploymentSettings) -> list[tuple[float, int, int]]:
@@ -31,25 +62,13 @@ def check_log(gate: Gate, dep: DeploymentSettings) -> list[tuple[float, int, int
     return rows
 
 
-@settings(
-    max_examples=40,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@SEQUENCES
 @given(
     tpm=st.integers(min_value=6_000, max_value=600_000),
     rpm=st.integers(min_value=600, max_value=60_000),
     burst=st.floats(min_value=0.05, max_value=1.0),
     horizon=st.floats(min_value=0.0, max_value=0.3),
-    ops=st.lists(
-        st.tuples(
-            st.sampled_from(["reserve", "reserve", "reserve", "cooldown", "observe", "settle"]),
-            st.floats(min_value=0.0, max_value=1.0),
-            st.floats(min_value=0.0, max_value=0.004),
-        ),
-        min_size=1,
-        max_size=60,
-    ),
+    ops=OPS,
 )
 def test_every_admission_sequence_conforms(
     redis_client: redis.Redis,
@@ -72,13 +91,7 @@ def test_every_admission_sequence_conforms(
     held = []
     for op, size, pause in ops:
         if op == "reserve":
-            # Sizes up to just past the burst: "never" must be answered, not admitted.
-            cost = max(1, int(size * dep.token_capacity * 1.05))
-            decision = gate.reserve(dep.name, tokens=cost)
-            if decision.reservation:
-                held.append(decision.reservation)
-            if cost > dep.token_capacity:
-                assert decision.outcome is Outcome.NEVER
+            reserve_or_never(gate, dep, size, held)
         elif op == "cooldown":
             gate.cooldown(dep.name, size * 0.01)
         elif op == "observe":
@@ -163,11 +176,7 @@ def check_windows(gate: Gate, dep: DeploymentSettings, *, guarded: bool = True) 
 Row = tuple[float, int, int]
 
 
-@settings(
-    max_examples=40,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@SEQUENCES
 @given(
     tpm=st.integers(min_value=6_000, max_value=600_000),
     rpm=st.integers(min_value=600, max_value=60_000),
@@ -175,15 +184,7 @@ Row = tuple[float, int, int]
     request_window=st.floats(min_value=0.01, max_value=0.3),
     guard=st.floats(min_value=0.0, max_value=0.05),
     horizon=st.floats(min_value=0.0, max_value=0.3),
-    ops=st.lists(
-        st.tuples(
-            st.sampled_from(["reserve", "reserve", "reserve", "cooldown", "observe", "settle"]),
-            st.floats(min_value=0.0, max_value=1.0),
-            st.floats(min_value=0.0, max_value=0.004),
-        ),
-        min_size=1,
-        max_size=60,
-    ),
+    ops=OPS,
 )
 def test_every_window_sequence_conforms(
     redis_client: redis.Redis,
@@ -211,13 +212,7 @@ def test_every_window_sequence_conforms(
     held = []
     for op, size, pause in ops:
         if op == "reserve":
-            # Sizes up to just past the allowance: "never" must be answered, not admitted.
-            cost = max(1, int(size * dep.token_capacity * 1.05))
-            decision = gate.reserve(dep.name, tokens=cost)
-            if decision.reservation:
-                held.append(decision.reservation)
-            if cost > dep.token_capacity:
-                assert decision.outcome is Outcome.NEVER
+            reserve_or_never(gate, dep, size, held)
         elif op == "cooldown":
             gate.cooldown(dep.name, size * 0.01)
         elif op == "observe":
