@@ -38,17 +38,35 @@ OPS = st.lists(
 )
 
 
-def reserve_or_never(
-    gate: Gate, dep: DeploymentSettings, size: float, held: list[Reservation]
+def play(
+    gate: Gate,
+    dep: DeploymentSettings,
+    ops: list[tuple[str, float, float]],
+    *,
+    remaining: Callable[[float], int],
+    settled: Callable[[int, float], int],
 ) -> None:
-    """Reserve `size` of the burst (or window allowance), up to just past it: "never"
-    must be answered then, not admitted."""
-    cost = max(1, int(size * dep.token_capacity * 1.05))
-    decision = gate.reserve(dep.name, tokens=cost)
-    if decision.reservation:
-        held.append(decision.reservation)
-    if cost > dep.token_capacity:
-        assert decision.outcome is Outcome.NEVER
+    """Make the calls of `ops` on `gate`. A reservation asks for `size` of the burst
+    (or window allowance) up to just past it, where "never" must be answered, not
+    admitted; the provider's headers say `remaining(size)` tokens are left; a settle
+    reports `settled(tokens, size)` tokens used."""
+    held: list[Reservation] = []
+    for op, size, pause in ops:
+        if op == "reserve":
+            cost = max(1, int(size * dep.token_capacity * 1.05))
+            decision = gate.reserve(dep.name, tokens=cost)
+            if decision.reservation:
+                held.append(decision.reservation)
+            if cost > dep.token_capacity:
+                assert decision.outcome is Outcome.NEVER
+        elif op == "cooldown":
+            gate.cooldown(dep.name, size * 0.01)
+        elif op == "observe":
+            gate.observe(dep.name, {"x-ratelimit-remaining-tokens": str(remaining(size))})
+        elif op == "settle" and held:
+            r = held.pop(0)
+            gate.settle(r, actual_tokens=settled(r.tokens, size))
+        time.sleep(pause)
 
 
 def check_log(gate: Gate, dep: DeploymentSettings) -> list[tuple[float, int, int]]:
@@ -88,20 +106,13 @@ def test_every_admission_sequence_conforms(
         accounting="actual",
     )
     gate = Gate(redis_client, [dep], horizon_seconds=horizon, admission_log=True)
-    held = []
-    for op, size, pause in ops:
-        if op == "reserve":
-            reserve_or_never(gate, dep, size, held)
-        elif op == "cooldown":
-            gate.cooldown(dep.name, size * 0.01)
-        elif op == "observe":
-            gate.observe(dep.name, {"x-ratelimit-remaining-tokens": str(int(size * tpm))})
-        elif op == "settle" and held:
-            # Only charges: refunds return units, which the log of admissions
-            # (by design) does not subtract.
-            r = held.pop(0)
-            gate.settle(r, actual_tokens=r.tokens + int(size * 10))
-        time.sleep(pause)
+    # Settles only charge: refunds return units, which the log of admissions (by
+    # design) does not subtract.
+    play(
+        gate, dep, ops,
+        remaining=lambda size: int(size * tpm),
+        settled=lambda tokens, size: tokens + int(size * 10),
+    )  # fmt: skip
     check_log(gate, dep)
 
 
@@ -209,20 +220,12 @@ def test_every_window_sequence_conforms(
         accounting="actual",
     )
     gate = Gate(redis_client, [dep], horizon_seconds=horizon, admission_log=True)
-    held = []
-    for op, size, pause in ops:
-        if op == "reserve":
-            reserve_or_never(gate, dep, size, held)
-        elif op == "cooldown":
-            gate.cooldown(dep.name, size * 0.01)
-        elif op == "observe":
-            left = int(size * dep.token_capacity)
-            gate.observe(dep.name, {"x-ratelimit-remaining-tokens": str(left)})
-        elif op == "settle" and held:
-            r = held.pop(0)
-            # Refunds and charges: neither may let a window hold more.
-            gate.settle(r, actual_tokens=max(0, r.tokens + int((size - 0.5) * 20)))
-        time.sleep(pause)
+    # Settles refund and charge: neither may let a window hold more.
+    play(
+        gate, dep, ops,
+        remaining=lambda size: int(size * dep.token_capacity),
+        settled=lambda tokens, size: max(0, tokens + int((size - 0.5) * 20)),
+    )  # fmt: skip
     check_windows(gate, dep)
 
 
