@@ -1,5 +1,6 @@
 """The alternatives' runs (naive retry, Celery rate_limit, the article's check, LiteLLM,
-the single-process pacer): the same batch, published straight to `bench.alternatives`."""
+the single-process pacer): the same batch, published straight to `bench.alternatives` or
+handed to `bench.pacer`."""
 
 from __future__ import annotations
 
@@ -9,15 +10,15 @@ from typing import Any
 
 import redis
 
-from bench import alternatives
+from bench import alternatives, pacer
 from bench.fleets import (
     API_KEY,
     AZURE_API_VERSION,
     WARMUP_BODY,
     WORKER_NICE,
     CpuMeter,
-    Fleet,
     purge,
+    start_fleet,
 )
 from bench.measures import LABELS, Context, RunResult, log, measure, record, wait_until
 from bench.workload import MODEL
@@ -78,7 +79,7 @@ def run_alternative(ctx: Context, strategy: str, policy: str, workers: int | Non
         spawn = mp.get_context("spawn")
         go = spawn.Event()
         proc = spawn.Process(
-            target=alternatives.run_pacer, args=(ctx.workload.bodies, rids, p, go), daemon=True
+            target=pacer.run_pacer, args=(ctx.workload.bodies, rids, p, go), daemon=True
         )
         proc.start()
         wait_until(lambda: int(client.exists(k["ready"])), 1, time.time() + 60)
@@ -138,8 +139,10 @@ def run_alternatives_fleet(ctx: Context, workers: int, strategies: list[str]) ->
          f"rate_limit {per_worker:.2f}/s each")  # fmt: skip
     env = {"BENCH_REDIS_URL": ctx.redis_url, "BENCH_RATE_LIMIT": f"{per_worker:.4f}/s"}
     ping = lambda: len(alternatives.app.control.ping(timeout=0.5))  # noqa: E731
-    fleet = Fleet("bench.alternatives", alternatives.QUEUE, workers, s.concurrency, env, ping,
-                  ctx.logdir)  # fmt: skip
+    # Not quotaflow's app: no quotaflow settings, the alternatives read BENCH_* alone.
+    fleet = start_fleet(None, app="bench.alternatives", queues=alternatives.QUEUE, count=workers,
+                        concurrency=s.concurrency, ping=ping, logdir=ctx.logdir,
+                        extra_env=env)  # fmt: skip
     try:
         warm_alternatives(ctx, workers)
         for policy in s.policies:

@@ -1,15 +1,13 @@
-"""The processes a benchmark run drives: the simulator, Celery worker fleets, and a CPU
-meter over the whole host."""
+"""The processes a benchmark run drives: the simulator, Celery worker fleets (through
+`pipeline.local`, as the CLI and the tests start workers), and a CPU meter over the
+whole host."""
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +15,9 @@ import httpx
 import redis
 
 from bench.workload import MODEL, Quota, Scale
+from pipeline.local import LocalWorkers
+from pipeline.processes import terminate
+from settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 API_KEY = "sk-bench-7c41e0a9"
@@ -71,70 +72,33 @@ class SimulatorProcess:
         return dict(resp.json())
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        terminate(self.proc, grace=10)
 
 
-class Fleet:
-    """`count` worker processes of one Celery app, each with the threads pool."""
-
-    def __init__(
-        self,
-        app_module: str,
-        queues: str,
-        count: int,
-        concurrency: int,
-        env: dict[str, str],
-        ping: Callable[[], int],
-        logdir: Path,
-    ) -> None:
-        self.procs: list[subprocess.Popen[bytes]] = []
-        base = {k: v for k, v in os.environ.items() if not k.startswith(("QUOTAFLOW_", "BENCH_"))}
-        base.update(env, PYTHONUNBUFFERED="1")
-        tag = app_module.replace(".", "-")
-        logs = [logdir / f"{tag}-{count}-{i}.log" for i in range(count)]
-        for i, log in enumerate(logs):
-            args = [
-                "nice", "-n", str(WORKER_NICE),
-                sys.executable, "-m", "celery", "-A", app_module, "worker", "-Q", queues,
-                "-P", "threads", "-c", str(concurrency), "-n", f"{tag}{i}@%h",
-                "--without-gossip", "--without-mingle", "-l", "WARNING",
-            ]  # fmt: skip
-            with log.open("wb") as out:
-                self.procs.append(
-                    subprocess.Popen(
-                        args,
-                        cwd=ROOT,
-                        env=base,
-                        stdout=out,
-                        stderr=subprocess.STDOUT,
-                        start_new_session=True,
-                    )  # fmt: skip
-                )
-        deadline = time.monotonic() + 120
-        while ping() < count:
-            if any(p.poll() is not None for p in self.procs) or time.monotonic() > deadline:
-                self.stop()
-                tail = "\n".join(p.read_text(errors="replace")[-2000:] for p in logs)
-                raise RuntimeError(f"{app_module} workers did not start:\n{tail}")
-            time.sleep(0.2)
-
-    def stop(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 20
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+def start_fleet(
+    settings: Settings | None,
+    *,
+    app: str,
+    queues: str,
+    count: int,
+    concurrency: int,
+    ping: Callable[[], int],
+    logdir: Path,
+    extra_env: Mapping[str, str] | None = None,
+) -> LocalWorkers:
+    """`count` workers of one Celery app with the threads pool (quotaflow's launcher),
+    returned once every one answers `ping`; their logs stay in `logdir`."""
+    fleet = LocalWorkers(
+        settings, app=app, queues=queues, count=count, concurrency=concurrency,
+        pool="threads", loglevel="WARNING", name=f"{app.replace('.', '-')}-{count}",
+        extra_env=extra_env, nice=WORKER_NICE, cwd=ROOT, logdir=logdir,
+    )  # fmt: skip
+    try:
+        fleet.start().wait_ready(timeout=120, ping=ping)
+    except BaseException:
+        fleet.stop(grace=0)
+        raise
+    return fleet
 
 
 class CpuMeter:

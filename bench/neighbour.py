@@ -26,13 +26,13 @@ from pathlib import Path
 
 import redis
 
-from bench.redis_proc import RedisProcess
 from bench.results import cpu_model, write_section
 from bench.workload import make_workload
 from pipeline import app
 from pipeline.app import configure
 from pipeline.jobs import Jobs
 from pipeline.local import LocalWorkers
+from pipeline.redis_server import RedisServer
 from settings import DeploymentSettings, Settings
 from simulator import Simulator, SimulatorConfig
 from tasks import runtime
@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     scenarios = [(0.2, "bursty")] if args.quick else [(s, p) for s in SHARES for p in PATTERNS]
     runs = []
-    with RedisProcess() as server:
+    with RedisServer() as server:
         for share, pattern in scenarios:
             for strategy in STRATEGIES:
                 run = run_one(strategy, share, pattern, server.url)

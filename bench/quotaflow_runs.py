@@ -12,7 +12,7 @@ from typing import Any
 import redis
 from celery import signals
 
-from bench.fleets import API_KEY, AZURE_API_VERSION, WARMUP_BODY, CpuMeter, Fleet, purge
+from bench.fleets import API_KEY, AZURE_API_VERSION, WARMUP_BODY, CpuMeter, purge, start_fleet
 from bench.measures import (
     LABELS,
     WINDOW_GUARD_SECONDS,
@@ -26,7 +26,8 @@ from bench.measures import (
 )
 from bench.workload import MODEL
 from budget.keys import deployment_keys
-from settings import DeploymentSettings, Settings, settings_env
+from pipeline.local import LocalWorkers
+from settings import DeploymentSettings, Settings
 
 
 def quotaflow_settings(ctx: Context, variants: list[AzureVariant]) -> Settings:
@@ -233,11 +234,11 @@ def run_quotaflow_fleet(
     s = ctx.scale
     log(f"quotaflow: {workers} worker processes x {s.concurrency} threads")
 
-    def start() -> Fleet:
+    def start() -> LocalWorkers:
         queues = f"{settings.queue},{settings.retry_queue}"
         ping = lambda: len(qf_app.control.ping(timeout=0.5))  # noqa: E731
-        fleet = Fleet("pipeline", queues, workers, s.concurrency, settings_env(settings), ping,
-                      ctx.logdir)  # fmt: skip
+        fleet = start_fleet(settings, app="pipeline", queues=queues, count=workers,
+                            concurrency=s.concurrency, ping=ping, logdir=ctx.logdir)  # fmt: skip
         warm_quotaflow(ctx, settings, workers)
         return fleet
 

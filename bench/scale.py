@@ -158,20 +158,13 @@ def stack(
             loglevel="WARNING", name="scale",
         )  # fmt: skip
         es.callback(local.stop)
-        local.start()
-        wait_ready(local, timeout=120)
+        # Workers log at WARNING (per-task INFO lines would be measured too), so their
+        # " ready." line never shows: they are ready when every one answers a ping.
+        local.start().wait_ready(
+            timeout=120, ping=lambda: len(celery_app.control.ping(timeout=0.5))
+        )
         assert server.proc is not None
         yield settings, local, server.proc.pid, sim.proc.pid
-
-
-def wait_ready(local: LocalWorkers, *, timeout: float) -> None:
-    # Workers log at WARNING (per-task INFO lines would be measured too), so their
-    # " ready." line never shows: they are ready when every one answers a ping.
-    deadline = time.monotonic() + timeout
-    while len(celery_app.control.ping(timeout=0.5)) < local.count:
-        local.check()
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{local.count} workers not ready after {timeout:g}s")
 
 
 def wait_finished(jobs: Jobs, job_id: str, local: LocalWorkers, timeout: float) -> None:

@@ -28,9 +28,9 @@ from bench.alternative_runs import run_alternative, run_alternatives_fleet
 from bench.fleets import ROOT, CpuMeter, SimulatorProcess
 from bench.measures import STRATEGIES, Context, log, record
 from bench.quotaflow_runs import PublishClock, quotaflow_settings, run_quotaflow_fleet
-from bench.redis_proc import RedisProcess
 from bench.results import RESULTS
 from bench.workload import Scale, describe, make_workload, quota_for
+from pipeline.redis_server import RedisServer
 
 
 def run_all(ctx: Context) -> None:
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     logdir.mkdir(parents=True, exist_ok=True)
     log(f"workload: {describe(workload)}")
     log(f"quota: TPM {quota.tpm:,}, RPM {quota.rpm:,}; logs and per-run data in {logdir}")
-    with RedisProcess() as server:
+    with RedisServer() as server:
         client = redis.Redis.from_url(server.url)
         version = str(client.info("server")["redis_version"])
         client.close()

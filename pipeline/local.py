@@ -14,6 +14,7 @@ flight and hands the rest back; SIGKILL to its process group only after a grace 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -22,7 +23,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from budget import QuotaflowError
@@ -43,21 +44,34 @@ class WorkerError(QuotaflowError):
     """A local worker did not start or died."""
 
 
-def worker_env(settings: Settings, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+def worker_env(settings: Settings | None, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """This process's environment with `settings` as the only QUOTAFLOW_* variables."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("QUOTAFLOW_")}
-    env.update(settings_env(settings))
+    env.update(settings_env(settings) if settings is not None else {})
     env.update(extra or {})
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
 
+def _queues(settings: Settings | None, queues: str | None) -> str:
+    if queues is not None:
+        return queues
+    if settings is None:
+        raise WorkerError("a worker without quotaflow settings needs its queues named")
+    return f"{settings.queue},{settings.retry_queue}"
+
+
 class LocalWorker:
-    """One `celery worker` process (and its pool children), started at once."""
+    """One `celery worker` process (and its pool children), started at once.
+
+    It runs quotaflow's app on the settings' queues unless `app` and `queues` name
+    another Celery app (the benchmarks' alternatives), which `settings=None` leaves
+    to `extra_env` alone. `nice` lowers its priority, pool children included.
+    """
 
     def __init__(
         self,
-        settings: Settings,
+        settings: Settings | None,
         *,
         hostname: str,
         log_path: Path,
@@ -66,15 +80,19 @@ class LocalWorker:
         pool: str = "prefork",
         loglevel: str = "INFO",
         extra_env: Mapping[str, str] | None = None,
+        app: str = "pipeline",
+        queues: str | None = None,
+        nice: int = 0,
     ) -> None:
         self.hostname = hostname
         self.log_path = log_path
-        queues = f"{settings.queue},{settings.retry_queue}"
         args = [
-            sys.executable, "-m", "celery", "-A", "pipeline", "worker",
-            "-Q", queues, "-c", str(concurrency), "-P", pool, "-n", hostname,
+            sys.executable, "-m", "celery", "-A", app, "worker",
+            "-Q", _queues(settings, queues), "-c", str(concurrency), "-P", pool, "-n", hostname,
             "--without-gossip", "--without-mingle", "-l", loglevel,
         ]  # fmt: skip
+        if nice:
+            args = ["nice", "-n", str(nice), *args]  # nice execs: the pid stays the worker's
         self._log = log_path.open("wb")
         self.proc = subprocess.Popen(
             args,
@@ -161,26 +179,41 @@ class LocalWorker:
 
 
 class LocalWorkers:
-    """Start, watch and stop `count` local workers for `settings`."""
+    """Start, watch and stop `count` local workers for `settings`.
+
+    Each worker runs in a private directory, logging there, unless `cwd` (a directory
+    its app must be imported from) or `logdir` (where its log is kept after it stops)
+    say otherwise. `app`, `queues`, `extra_env` and `nice` are as for `LocalWorker`.
+    """
 
     def __init__(
         self,
-        settings: Settings,
+        settings: Settings | None,
         *,
         count: int = 2,
         concurrency: int = 8,
         pool: str = "prefork",
         loglevel: str = "INFO",
         name: str = "quotaflow-local",
+        app: str = "pipeline",
+        queues: str | None = None,
+        extra_env: Mapping[str, str] | None = None,
+        nice: int = 0,
+        cwd: Path | None = None,
+        logdir: Path | None = None,
     ) -> None:
-        if settings.redis_url is None:
+        if settings is not None and settings.redis_url is None:
             raise WorkerError("local workers need a Redis URL (configured or embedded)")
         self.settings = settings
         self.count = count
-        self.concurrency = concurrency
-        self.pool = pool
-        self.loglevel = loglevel
         self.name = name
+        self.cwd = cwd
+        self.logdir = logdir
+        # What every worker shares; start() adds each one's name, log and cwd.
+        self._worker = functools.partial(
+            LocalWorker, settings, concurrency=concurrency, pool=pool, loglevel=loglevel,
+            extra_env=extra_env, app=app, queues=_queues(settings, queues), nice=nice,
+        )  # fmt: skip
         self.workers: list[LocalWorker] = []
         self.dir: Path | None = None
 
@@ -189,16 +222,12 @@ class LocalWorkers:
         tag = uuid.uuid4().hex[:6]
         try:
             for i in range(self.count):
-                # The cwd is the private directory: every setting comes from the
-                # environment, never from a stray .env or quotaflow.toml.
-                worker = LocalWorker(
-                    self.settings,
+                # By default the cwd is the private directory: every setting comes from
+                # the environment, never from a stray .env or quotaflow.toml.
+                worker = self._worker(
                     hostname=f"{self.name}-{i + 1}-{tag}@%h",
-                    log_path=self.dir / f"worker-{i + 1}.log",
-                    cwd=self.dir,
-                    concurrency=self.concurrency,
-                    pool=self.pool,
-                    loglevel=self.loglevel,
+                    log_path=(self.logdir or self.dir) / f"{self.name}-{i + 1}.log",
+                    cwd=self.cwd or self.dir,
                 )
                 self.workers.append(worker)
         except BaseException:
@@ -206,10 +235,15 @@ class LocalWorkers:
             raise
         return self
 
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        """Block until every worker logs " ready."; raise WorkerError if one dies."""
+    def wait_ready(self, timeout: float = 60.0, *, ping: Callable[[], int] | None = None) -> None:
+        """Block until every worker is ready; raise WorkerError if one dies.
+
+        Ready is the " ready." line a worker logs at INFO. Workers that log above INFO
+        never write it: for them pass `ping`, which counts the workers that answer a
+        control ping (`len(app.control.ping(timeout=0.5))`).
+        """
         deadline = time.monotonic() + timeout
-        while not all(w.ready() for w in self.workers):
+        while not (ping() >= self.count if ping else all(w.ready() for w in self.workers)):
             self.check()
             if time.monotonic() > deadline:
                 raise WorkerError(

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable
+from typing import Any
 
 
 def die_with_parent() -> Callable[[], None] | None:
@@ -31,7 +32,7 @@ def die_with_parent() -> Callable[[], None] | None:
     return preexec
 
 
-def terminate(proc: subprocess.Popen[bytes], *, grace: float) -> None:
+def terminate(proc: subprocess.Popen[Any], *, grace: float) -> None:
     """SIGTERM `proc`, wait up to `grace` seconds for it to exit, then SIGKILL it."""
     if proc.poll() is not None:
         return

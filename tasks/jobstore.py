@@ -122,15 +122,9 @@ class JobStore:
         if not requests:
             return
         k = self.keys(job_id)
-        now = repr(time.time())
         pipe = self.client.pipeline(transaction=True)
-        _persist(pipe, k)
+        _keep_pending(pipe, k, requests)
         pipe.sadd(k.unsent, *requests)
-        pipe.hset(
-            k.pending,
-            mapping={cid: json.dumps(r, separators=(",", ":")) for cid, r in requests.items()},
-        )
-        pipe.hset(k.touched, mapping=dict.fromkeys(requests, now))
         pipe.execute()
 
     def end_publish(self, job_id: str, custom_ids: Iterable[str]) -> None:
@@ -166,15 +160,8 @@ class JobStore:
         """Keep each request until it finishes, so a lost message can be sent again."""
         if not requests:
             return
-        k = self.keys(job_id)
-        now = repr(time.time())
         pipe = self.client.pipeline(transaction=False)
-        _persist(pipe, k)
-        pipe.hset(
-            k.pending,
-            mapping={cid: json.dumps(r, separators=(",", ":")) for cid, r in requests.items()},
-        )
-        pipe.hset(k.touched, mapping=dict.fromkeys(requests, now))
+        _keep_pending(pipe, self.keys(job_id), requests)
         pipe.execute()
 
     def stale(
@@ -388,3 +375,11 @@ def _persist(pipe: Any, k: JobKeys) -> None:
     """A job that gets a request again stops expiring."""
     for key in k.all():
         pipe.persist(key)
+
+
+def _keep_pending(pipe: Any, k: JobKeys, requests: dict[str, dict[str, Any]]) -> None:
+    """Keep each request's body until it finishes, touched now."""
+    _persist(pipe, k)
+    bodies = {cid: json.dumps(r, separators=(",", ":")) for cid, r in requests.items()}
+    pipe.hset(k.pending, mapping=bodies)
+    pipe.hset(k.touched, mapping=dict.fromkeys(requests, repr(time.time())))

@@ -13,11 +13,60 @@ from hypothesis import strategies as st
 from support.conformance import admitted_share, window_excess, window_share, worst_excess
 from support.hammer import gate_reserve, hammer
 
-from budget import Gate, Outcome
+from budget import Gate, Outcome, Reservation
 from settings import DeploymentSettings
 
 #: Float seconds carry microsecond noise: allow a thousandth of a unit.
 EPSILON = 1e-3
+
+
+#: Each property runs 40 sequences against the real Redis, with no deadline per sequence.
+SEQUENCES = settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+#: A sequence of gate calls: (call, size from 0 to 1, pause in seconds after it).
+OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["reserve", "reserve", "reserve", "cooldown", "observe", "settle"]),
+        st.floats(min_value=0.0, max_value=1.0),
+        st.floats(min_value=0.0, max_value=0.004),
+    ),
+    min_size=1,
+    max_size=60,
+)
+
+
+def play(
+    gate: Gate,
+    dep: DeploymentSettings,
+    ops: list[tuple[str, float, float]],
+    *,
+    remaining: Callable[[float], int],
+    settled: Callable[[int, float], int],
+) -> None:
+    """Make the calls of `ops` on `gate`. A reservation asks for `size` of the burst
+    (or window allowance) up to just past it, where "never" must be answered, not
+    admitted; the provider's headers say `remaining(size)` tokens are left; a settle
+    reports `settled(tokens, size)` tokens used."""
+    held: list[Reservation] = []
+    for op, size, pause in ops:
+        if op == "reserve":
+            cost = max(1, int(size * dep.token_capacity * 1.05))
+            decision = gate.reserve(dep.name, tokens=cost)
+            if decision.reservation:
+                held.append(decision.reservation)
+            if cost > dep.token_capacity:
+                assert decision.outcome is Outcome.NEVER
+        elif op == "cooldown":
+            gate.cooldown(dep.name, size * 0.01)
+        elif op == "observe":
+            gate.observe(dep.name, {"x-ratelimit-remaining-tokens": str(remaining(size))})
+        elif op == "settle" and held:
+            r = held.pop(0)
+            gate.settle(r, actual_tokens=settled(r.tokens, size))
+        time.sleep(pause)
 
 
 def check_log(gate: Gate, dep: DeploymentSettings) -> list[tuple[float, int, int]]:
@@ -31,25 +80,13 @@ def check_log(gate: Gate, dep: DeploymentSettings) -> list[tuple[float, int, int
     return rows
 
 
-@settings(
-    max_examples=40,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@SEQUENCES
 @given(
     tpm=st.integers(min_value=6_000, max_value=600_000),
     rpm=st.integers(min_value=600, max_value=60_000),
     burst=st.floats(min_value=0.05, max_value=1.0),
     horizon=st.floats(min_value=0.0, max_value=0.3),
-    ops=st.lists(
-        st.tuples(
-            st.sampled_from(["reserve", "reserve", "reserve", "cooldown", "observe", "settle"]),
-            st.floats(min_value=0.0, max_value=1.0),
-            st.floats(min_value=0.0, max_value=0.004),
-        ),
-        min_size=1,
-        max_size=60,
-    ),
+    ops=OPS,
 )
 def test_every_admission_sequence_conforms(
     redis_client: redis.Redis,
@@ -69,26 +106,13 @@ def test_every_admission_sequence_conforms(
         accounting="actual",
     )
     gate = Gate(redis_client, [dep], horizon_seconds=horizon, admission_log=True)
-    held = []
-    for op, size, pause in ops:
-        if op == "reserve":
-            # Sizes up to just past the burst: "never" must be answered, not admitted.
-            cost = max(1, int(size * dep.token_capacity * 1.05))
-            decision = gate.reserve(dep.name, tokens=cost)
-            if decision.reservation:
-                held.append(decision.reservation)
-            if cost > dep.token_capacity:
-                assert decision.outcome is Outcome.NEVER
-        elif op == "cooldown":
-            gate.cooldown(dep.name, size * 0.01)
-        elif op == "observe":
-            gate.observe(dep.name, {"x-ratelimit-remaining-tokens": str(int(size * tpm))})
-        elif op == "settle" and held:
-            # Only charges: refunds return units, which the log of admissions
-            # (by design) does not subtract.
-            r = held.pop(0)
-            gate.settle(r, actual_tokens=r.tokens + int(size * 10))
-        time.sleep(pause)
+    # Settles only charge: refunds return units, which the log of admissions (by
+    # design) does not subtract.
+    play(
+        gate, dep, ops,
+        remaining=lambda size: int(size * tpm),
+        settled=lambda tokens, size: tokens + int(size * 10),
+    )  # fmt: skip
     check_log(gate, dep)
 
 
@@ -163,11 +187,7 @@ def check_windows(gate: Gate, dep: DeploymentSettings, *, guarded: bool = True) 
 Row = tuple[float, int, int]
 
 
-@settings(
-    max_examples=40,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@SEQUENCES
 @given(
     tpm=st.integers(min_value=6_000, max_value=600_000),
     rpm=st.integers(min_value=600, max_value=60_000),
@@ -175,15 +195,7 @@ Row = tuple[float, int, int]
     request_window=st.floats(min_value=0.01, max_value=0.3),
     guard=st.floats(min_value=0.0, max_value=0.05),
     horizon=st.floats(min_value=0.0, max_value=0.3),
-    ops=st.lists(
-        st.tuples(
-            st.sampled_from(["reserve", "reserve", "reserve", "cooldown", "observe", "settle"]),
-            st.floats(min_value=0.0, max_value=1.0),
-            st.floats(min_value=0.0, max_value=0.004),
-        ),
-        min_size=1,
-        max_size=60,
-    ),
+    ops=OPS,
 )
 def test_every_window_sequence_conforms(
     redis_client: redis.Redis,
@@ -208,26 +220,12 @@ def test_every_window_sequence_conforms(
         accounting="actual",
     )
     gate = Gate(redis_client, [dep], horizon_seconds=horizon, admission_log=True)
-    held = []
-    for op, size, pause in ops:
-        if op == "reserve":
-            # Sizes up to just past the allowance: "never" must be answered, not admitted.
-            cost = max(1, int(size * dep.token_capacity * 1.05))
-            decision = gate.reserve(dep.name, tokens=cost)
-            if decision.reservation:
-                held.append(decision.reservation)
-            if cost > dep.token_capacity:
-                assert decision.outcome is Outcome.NEVER
-        elif op == "cooldown":
-            gate.cooldown(dep.name, size * 0.01)
-        elif op == "observe":
-            left = int(size * dep.token_capacity)
-            gate.observe(dep.name, {"x-ratelimit-remaining-tokens": str(left)})
-        elif op == "settle" and held:
-            r = held.pop(0)
-            # Refunds and charges: neither may let a window hold more.
-            gate.settle(r, actual_tokens=max(0, r.tokens + int((size - 0.5) * 20)))
-        time.sleep(pause)
+    # Settles refund and charge: neither may let a window hold more.
+    play(
+        gate, dep, ops,
+        remaining=lambda size: int(size * dep.token_capacity),
+        settled=lambda tokens, size: max(0, tokens + int((size - 0.5) * 20)),
+    )  # fmt: skip
     check_windows(gate, dep)
 
 

@@ -127,23 +127,30 @@ def test_edge_a_booking_header_cannot_skip_the_gate(simulator, cluster) -> None:
     assert calls == 3 and len(admitted) == 2 + calls
 
 
-def _pause_writes(client: redis.Redis, seconds: float) -> None:
-    client.execute_command("CLIENT", "PAUSE", int(seconds * 1000), "WRITE")
+def _paid_call_then_writes_paused(
+    simulator: Any, cluster: Any, client: redis.Redis, job: str, *, outage_wait: float
+) -> tuple[Any, Any, Any]:
+    """One slow call; once the provider has it, Redis takes no writes for 20 s (the
+    call returns in ~3 s, so its writes time out after it). Returns (sim, cluster,
+    worker) once the job is finished."""
+    sim = simulator(**SIM)
+    c = cluster(sim, budget_outage_wait_seconds=outage_wait)
+    (worker,) = c.start_workers(1)
+    c.jobs.store.create(job)
+    complete.apply_async((chat("slow [[latency:3]]"),), {"custom_id": "r", "job_id": job})
+    wait_for(lambda: sim.stats()["requests_received"] >= 1, 30, "the call", worker.log)
+    client.execute_command("CLIENT", "PAUSE", 20_000, "WRITE")
+    status = c.wait(job, timeout=90)
+    assert status.counts["done"] == 1, worker.log()[-3000:]
+    return sim, c, worker
 
 
 def test_edge_a_failed_result_write_never_pays_twice(simulator, cluster, redis_client) -> None:  # type: ignore[no-untyped-def]
     # C5: the call succeeded, then Redis stopped taking writes for longer than a socket
     # timeout. The reply is kept and its write retried; the provider is not called again.
-    sim = simulator(**SIM)
-    c = cluster(sim, budget_outage_wait_seconds=60.0)
-    (worker,) = c.start_workers(1)
-    job = "c5w"
-    c.jobs.store.create(job)
-    complete.apply_async((chat("slow [[latency:3]]"),), {"custom_id": "r", "job_id": job})
-    wait_for(lambda: sim.stats()["requests_received"] >= 1, 30, "the call", worker.log)
-    _pause_writes(redis_client, 20)  # the call returns in ~3 s; the writes time out after it
-    status = c.wait(job, timeout=90)
-    assert status.counts["done"] == 1
+    sim, _, worker = _paid_call_then_writes_paused(
+        simulator, cluster, redis_client, "c5w", outage_wait=60.0
+    )
     assert sim.stats()["requests_received"] == 1, worker.log()[-3000:]
 
 
@@ -153,19 +160,12 @@ def test_edge_an_outage_past_the_wait_requeues_the_request(
     # C5: Redis stays away past budget_outage_wait_seconds after a paid call. The
     # request goes back on the main queue with its reply, instead of being acked
     # without a result; the next delivery stores the reply without calling again.
-    sim = simulator(**SIM)
-    c = cluster(sim, budget_outage_wait_seconds=1.0)
-    (worker,) = c.start_workers(1)
-    job = "c5o"
-    c.jobs.store.create(job)
-    complete.apply_async((chat("slow [[latency:3]]"),), {"custom_id": "r", "job_id": job})
-    wait_for(lambda: sim.stats()["requests_received"] >= 1, 30, "the call", worker.log)
-    _pause_writes(redis_client, 20)
-    status = c.wait(job, timeout=90)
-    assert status.counts["done"] == 1, worker.log()[-3000:]
+    sim, c, worker = _paid_call_then_writes_paused(
+        simulator, cluster, redis_client, "c5o", outage_wait=1.0
+    )
     assert "held back" in worker.log(), worker.log()[-5000:]
     assert sim.stats()["requests_received"] == 1
-    assert c.jobs.store.get_result(job, "r") is not None
+    assert c.jobs.store.get_result("c5o", "r") is not None
 
 
 def test_edge_failed_calls_keep_their_charge(simulator, cluster) -> None:  # type: ignore[no-untyped-def]

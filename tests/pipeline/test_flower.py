@@ -2,53 +2,26 @@
 
 from __future__ import annotations
 
-import base64
-import contextlib
 import json
-import os
-import signal
 import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support.cli import QUOTAFLOW
 from support.cluster import ROOT
+from support.flower import get, poll
+from support.processes import stop_session
 
+from pipeline.local import worker_env
 from pipeline.redis_server import free_port
-from settings import settings_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
-QUOTAFLOW = Path(sys.executable).with_name("quotaflow")
-AUTH = "Basic " + base64.b64encode(b"user:pass").decode()
 
-
-def get(url: str, *, auth: bool) -> tuple[int, Any]:
-    request = urllib.request.Request(url, headers={"Authorization": AUTH} if auth else {})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as r:
-            return r.status, json.loads(r.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        exc.close()
-        return exc.code, None
-
-
-def poll(url: str, ok: Any, timeout: float = 30) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            status, data = get(url, auth=True)
-            if status == 200 and ok(data):
-                return data
-        except (urllib.error.URLError, ConnectionError):
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{url}: no satisfying answer in {timeout}s")
-        time.sleep(0.3)
+def poll_json(url: str, ok: Callable[[Any], bool]) -> Any:
+    return json.loads(poll(url, lambda text: ok(json.loads(text or "null"))))
 
 
 def session_commands(sid: int) -> list[str]:
@@ -72,12 +45,12 @@ def test_flower_requires_auth_and_sees_the_worker_and_tasks(
     c = cluster(sim)
     (worker,) = c.start_workers(1, concurrency=2)
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("QUOTAFLOW_")}
-    env.update(settings_env(c.settings))
     # As the README starts it: `FLOWER_BASIC_AUTH=user:pass make flower` (the venv is
     # installed: -o keeps make from reinstalling it). Flower reads its options from
     # FLOWER_* variables, the password included.
-    env.update(FLOWER_BASIC_AUTH="user:pass", FLOWER_PORT=str(port), FLOWER_ADDRESS="127.0.0.1")
+    flower_env = {"FLOWER_BASIC_AUTH": "user:pass", "FLOWER_PORT": str(port),
+                  "FLOWER_ADDRESS": "127.0.0.1"}  # fmt: skip
+    env = worker_env(c.settings, flower_env)
     args = ["make", "-s", "-o", ".venv/.installed", "flower"]
     log = (tmp_path / "flower.log").open("wb")
     flower = subprocess.Popen(
@@ -85,7 +58,7 @@ def test_flower_requires_auth_and_sees_the_worker_and_tasks(
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        workers = poll(f"{base}/api/workers?refresh=1", lambda d: bool(d))
+        workers = poll_json(f"{base}/api/workers?refresh=1", lambda d: bool(d))
         # The password is on no command line that `ps` shows.
         commands = session_commands(flower.pid)
         assert any("flower" in cmd for cmd in commands), commands
@@ -107,20 +80,14 @@ def test_flower_requires_auth_and_sees_the_worker_and_tasks(
         submit = [str(QUOTAFLOW), "submit", "batch.jsonl", "--job-id", "flower"]
         done = subprocess.run(submit, cwd=tmp_path, env=env, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
-        tasks = poll(
+        tasks = poll_json(
             f"{base}/api/tasks",
             lambda d: any(t.get("state") == "SUCCESS" for t in (d or {}).values()),
         )
         assert {t["name"] for t in tasks.values()} == {"quotaflow.complete"}
         assert c.jobs.status("flower").counts["done"] == 1
-        types = poll(f"{base}/api/task/types", lambda d: bool(d and d.get("task-types")))
+        types = poll_json(f"{base}/api/task/types", lambda d: bool(d and d.get("task-types")))
         assert "quotaflow.complete" in types["task-types"]
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(flower.pid, signal.SIGTERM)
-        try:
-            flower.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(flower.pid, signal.SIGKILL)
-            flower.wait()
+        stop_session(flower)
         log.close()

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -16,13 +13,14 @@ from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from support.cli import QUOTAFLOW, cli_env
+from support.processes import stop_session
 
 from pipeline.redis_server import free_port
 from settings import settings_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
-QUOTAFLOW = Path(sys.executable).with_name("quotaflow")
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
@@ -35,13 +33,7 @@ def serving(env: dict[str, str], port: int, cwd: Path) -> Iterator[subprocess.Po
     try:
         yield proc
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_session(proc)
         if proc.stdout is not None:
             proc.stdout.close()
 
@@ -91,8 +83,7 @@ def test_scrape_during_and_after_a_job(tmp_path: Path, simulator, cluster) -> No
     # 16 calls in flight book several seconds ahead: those wait as ETA tasks.
     c.start_workers(1, pool="threads", concurrency=16)
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("QUOTAFLOW_")}
-    env.update(settings_env(c.settings))
+    env = cli_env(**settings_env(c.settings))
     with serving(env, port, tmp_path):
         assert value(scrape(port), "quotaflow_up") == 1
         write_batch(tmp_path / "batch.jsonl", 30)

@@ -4,9 +4,7 @@ bounded, and no field in the metrics hash can break a scrape."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,6 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
+from support.cli import QUOTAFLOW, cli_env
 
 from budget import InvalidRequest
 from pipeline import app
@@ -27,7 +26,6 @@ from tasks.metrics import MAX_TENANT_LENGTH, OTHER_TENANT, counter_field
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
-QUOTAFLOW = Path(sys.executable).with_name("quotaflow")
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 ODD_TENANTS = [
     "team|a",
@@ -141,8 +139,7 @@ def test_edge_over_long_tenant_is_refused_at_submit(
 
     line = {"custom_id": "a", "url": "/v1/chat/completions", "body": body}
     (tmp_path / "batch.jsonl").write_text(json.dumps(line) + "\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("QUOTAFLOW_")}
-    env.update(settings_env(settings))
+    env = cli_env(**settings_env(settings))
     submit = [str(QUOTAFLOW), "submit", "batch.jsonl", "--job-id", "long", "--tenant", "x" * 10_000]
     done = subprocess.run(submit, cwd=tmp_path, env=env, capture_output=True, text=True)
     assert done.returncode == 2

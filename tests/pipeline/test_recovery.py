@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -15,6 +13,7 @@ from typing import Any
 
 import pytest
 import redis
+from support.cli import QUOTAFLOW, cli_env
 from support.workload import SIM, bodies
 
 from pipeline.broker import message_id, queue_lists
@@ -23,8 +22,6 @@ from tasks import complete
 from tasks.jobstore import ADHOC_JOB, job_keys
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
-
-QUOTAFLOW = Path(sys.executable).with_name("quotaflow")
 
 
 #: Where new requests for the test deployment ("sim") wait.
@@ -51,8 +48,7 @@ def test_edge_interrupted_submit_resumes(
         for i, body in enumerate(bodies(n, seed=3)):
             line = {"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions"}
             fh.write(json.dumps({**line, "body": body}) + "\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("QUOTAFLOW_")}
-    env.update(settings_env(c.settings))
+    env = cli_env(**settings_env(c.settings))
     submit = [str(QUOTAFLOW), "submit", str(batch), "--job-id", "J"]
     unsent_key = job_keys(c.settings.key_prefix, "J").unsent
 

@@ -7,7 +7,6 @@ that look at what Celery and Flower show.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,6 +14,7 @@ from dataclasses import dataclass
 
 import pytest
 import redis
+from support.cli import cli_env
 from support.cluster import API_KEY, ROOT, Cluster, Worker, cluster_settings
 from support.flower import Flower
 
@@ -54,8 +54,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     try:
         (worker,) = c.start_workers(1, concurrency=2)
         flower = Flower(c.settings, tmp_path_factory.mktemp("flower"))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("QUOTAFLOW_")}
-        env.update(settings_env(c.settings))
+        env = cli_env(**settings_env(c.settings))
         yield Stack(c.settings, worker, flower, env)
     finally:
         if flower is not None:

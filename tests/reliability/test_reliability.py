@@ -37,27 +37,24 @@ def check_conforms(c: Cluster) -> None:
     assert worst_excess(log, capacity=dep.token_capacity, rate=dep.tpm / 60) <= 1e-3
 
 
-def test_a_killed_worker_main_process_comes_back(simulator, redis_server, redis_client) -> None:  # type: ignore[no-untyped-def]
+def test_a_killed_worker_main_process_comes_back(simulator, cluster) -> None:  # type: ignore[no-untyped-def]
     sim = simulator(**SIM)
     # The short countdowns of the test settings make the derived visibility timeout
     # short, so the killed worker's messages return within the test.
-    c = make_cluster(redis_server.url, sim)
-    try:
-        (first,) = c.start_workers(1)
-        report = c.jobs.submit_bodies(bodies(120, seed=7))
-        deadline = time.monotonic() + 30
-        while c.jobs.status(report.job_id).counts["done"] < 20:
-            assert time.monotonic() < deadline, first.log()
-            time.sleep(0.1)
-        first.kill()  # SIGKILL to the main process and its pool
-        c.start_workers(1)
-        status = c.wait(report.job_id, timeout=120)
-        assert status.counts["done"] == 120, status
-        check_complete(c, report.job_id, 120)
-        assert sim.stats()["refused_429"] == 0
-        check_conforms(c)
-    finally:
-        c.stop()
+    c = cluster(sim)
+    (first,) = c.start_workers(1)
+    report = c.jobs.submit_bodies(bodies(120, seed=7))
+    deadline = time.monotonic() + 30
+    while c.jobs.status(report.job_id).counts["done"] < 20:
+        assert time.monotonic() < deadline, first.log()
+        time.sleep(0.1)
+    first.kill()  # SIGKILL to the main process and its pool
+    c.start_workers(1)
+    status = c.wait(report.job_id, timeout=120)
+    assert status.counts["done"] == 120, status
+    check_complete(c, report.job_id, 120)
+    assert sim.stats()["refused_429"] == 0
+    check_conforms(c)
 
 
 @pytest.mark.slow
@@ -109,65 +106,57 @@ def test_redis_restart_and_outage_lose_nothing(simulator, aof_redis, outage) -> 
         c.stop()
 
 
-def test_a_pickle_message_is_refused_not_run(simulator, redis_server, redis_client) -> None:  # type: ignore[no-untyped-def]
+def test_a_pickle_message_is_refused_not_run(simulator, cluster, redis_server) -> None:  # type: ignore[no-untyped-def]
     sim = simulator(**SIM)
-    c = make_cluster(redis_server.url, sim)
-    try:
-        (worker,) = c.start_workers(1)
-        body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]}
-        with Connection(redis_server.url) as conn:
-            producer = Producer(conn, exchange=Exchange("quotaflow", type="direct"))
-            producer.publish(
-                [[body], {"custom_id": "pickled", "job_id": "evil"}, {}],
-                routing_key="quotaflow",
-                serializer="pickle",
-                headers={"task": "quotaflow.complete", "id": "pickled-1", "lang": "py"},
-            )
-        deadline = time.monotonic() + 20
-        while "pickle" not in worker.log().lower() or "refus" not in worker.log().lower():
-            assert time.monotonic() < deadline, worker.log()
-            time.sleep(0.1)
-        assert sim.stats()["requests_received"] == 0
-        assert (
-            not c.jobs.store.exists("evil") and c.jobs.store.get_result("evil", "pickled") is None
+    c = cluster(sim)
+    (worker,) = c.start_workers(1)
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]}
+    with Connection(redis_server.url) as conn:
+        producer = Producer(conn, exchange=Exchange("quotaflow", type="direct"))
+        producer.publish(
+            [[body], {"custom_id": "pickled", "job_id": "evil"}, {}],
+            routing_key="quotaflow",
+            serializer="pickle",
+            headers={"task": "quotaflow.complete", "id": "pickled-1", "lang": "py"},
         )
-    finally:
-        c.stop()
+    deadline = time.monotonic() + 20
+    while "pickle" not in worker.log().lower() or "refus" not in worker.log().lower():
+        assert time.monotonic() < deadline, worker.log()
+        time.sleep(0.1)
+    assert sim.stats()["requests_received"] == 0
+    assert not c.jobs.store.exists("evil") and c.jobs.store.get_result("evil", "pickled") is None
 
 
-def test_the_api_key_appears_nowhere(simulator, redis_server, redis_client) -> None:  # type: ignore[no-untyped-def]
+def test_the_api_key_appears_nowhere(simulator, cluster, redis_client) -> None:  # type: ignore[no-untyped-def]
     sim = simulator(**SIM)
-    c = make_cluster(redis_server.url, sim)
-    try:
-        (worker,) = c.start_workers(1)
-        report = c.jobs.submit_bodies(bodies(20, seed=9))
-        c.wait(report.job_id)
-        # A wrong key on the provider side: a 401 whose error goes to logs and dead letters.
-        sim.configure(api_key="sk-some-other-key-000")
-        bad = c.jobs.submit_bodies(bodies(2, seed=10))
-        status = c.wait(bad.job_id)
-        assert status.counts["failed"] == 2
-        dumped = []
-        for key in redis_client.scan_iter(count=1000):
-            kind = redis_client.type(key).decode()
-            if kind == "string":
-                dumped.append(redis_client.get(key))
-            elif kind == "hash":
-                dumped.extend(k + b"=" + v for k, v in redis_client.hgetall(key).items())
-            elif kind == "list":
-                dumped.extend(redis_client.lrange(key, 0, -1))
-            elif kind == "zset":
-                dumped.extend(m for m, _ in redis_client.zrange(key, 0, -1, withscores=True))
-            elif kind == "set":
-                dumped.extend(redis_client.smembers(key))
-            dumped.append(key)
-        blob = b"\n".join(d for d in dumped if d)
-        assert len(blob) > 1000
-        assert API_KEY.encode() not in blob
-        assert API_KEY not in worker.log()
-        assert "401" in worker.log() or "authentication" in worker.log().lower()
-    finally:
-        c.stop()
+    c = cluster(sim)
+    (worker,) = c.start_workers(1)
+    report = c.jobs.submit_bodies(bodies(20, seed=9))
+    c.wait(report.job_id)
+    # A wrong key on the provider side: a 401 whose error goes to logs and dead letters.
+    sim.configure(api_key="sk-some-other-key-000")
+    bad = c.jobs.submit_bodies(bodies(2, seed=10))
+    status = c.wait(bad.job_id)
+    assert status.counts["failed"] == 2
+    dumped = []
+    for key in redis_client.scan_iter(count=1000):
+        kind = redis_client.type(key).decode()
+        if kind == "string":
+            dumped.append(redis_client.get(key))
+        elif kind == "hash":
+            dumped.extend(k + b"=" + v for k, v in redis_client.hgetall(key).items())
+        elif kind == "list":
+            dumped.extend(redis_client.lrange(key, 0, -1))
+        elif kind == "zset":
+            dumped.extend(m for m, _ in redis_client.zrange(key, 0, -1, withscores=True))
+        elif kind == "set":
+            dumped.extend(redis_client.smembers(key))
+        dumped.append(key)
+    blob = b"\n".join(d for d in dumped if d)
+    assert len(blob) > 1000
+    assert API_KEY.encode() not in blob
+    assert API_KEY not in worker.log()
+    assert "401" in worker.log() or "authentication" in worker.log().lower()
 
 
 def test_redis_auth_is_used_and_required(simulator) -> None:  # type: ignore[no-untyped-def]

@@ -1,11 +1,13 @@
-"""Running the real `quotaflow` command in tests, as users run it."""
+"""Running the real `quotaflow` command in tests, as users run it, on batch files."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 QUOTAFLOW = Path(sys.executable).with_name("quotaflow")
 
@@ -16,6 +18,32 @@ def cli_env(**values: str) -> dict[str, str]:
     env.update({"COLUMNS": "200", "PYTHONUNBUFFERED": "1", "PYTHONIOENCODING": "utf-8"})
     env.update(values)
     return env
+
+
+def write_batch(path: Path, n: int, *, bad_line: int | None = None) -> list[str]:
+    """`n` chat requests; line `bad_line` (1-based) is broken. Returns the valid ids."""
+    ids = []
+    with path.open("w") as fh:
+        for i in range(1, n + 1):
+            if i == bad_line:
+                fh.write(
+                    '{"custom_id": "broken", "method": "POST", "url": "/v1/chat/completions"\n'
+                )
+                continue
+            cid = f"req-{i}"
+            ids.append(cid)
+            body = {
+                "model": "gpt-4o-mini",
+                "messages": [{"role": "user", "content": f"request {i}: " + "word " * (5 * i)}],
+                "max_tokens": 24,
+            }
+            line = {"custom_id": cid, "method": "POST", "url": "/v1/chat/completions", "body": body}
+            fh.write(json.dumps(line) + "\n")
+    return ids
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def quotaflow(

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import base64
-import contextlib
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -14,10 +11,38 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from pipeline.local import worker_env
 from pipeline.redis_server import free_port
-from settings import Settings, settings_env
+from settings import Settings
+from support.processes import stop_session
 
 AUTH = "Basic " + base64.b64encode(b"user:pass").decode()
+
+
+def get(url: str, *, auth: bool = True) -> tuple[int, str]:
+    """Flower's answer to a GET: status and body (empty for an error status)."""
+    request = urllib.request.Request(url, headers={"Authorization": AUTH} if auth else {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        return exc.code, ""
+
+
+def poll(url: str, ok: Callable[[str], bool], timeout: float = 30) -> str:
+    """The first 200 body that `ok` accepts; Flower may still be starting."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            status, text = get(url)
+            if status == 200 and ok(text):
+                return text
+        except (urllib.error.URLError, ConnectionError):
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{url}: no satisfying answer in {timeout}s")
+        time.sleep(0.3)
 
 
 class Flower:
@@ -25,9 +50,8 @@ class Flower:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = cwd / "flower.log"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("QUOTAFLOW_")}
-        env.update(settings_env(settings))
-        env["FLOWER_BASIC_AUTH"] = "user:pass"  # as docker-compose passes it: off the command line
+        # As docker-compose passes it: off the command line.
+        env = worker_env(settings, {"FLOWER_BASIC_AUTH": "user:pass"})
         args = [
             sys.executable, "-m", "celery", "-A", "pipeline", "flower",
             f"--port={self.port}", "--address=127.0.0.1",
@@ -39,36 +63,14 @@ class Flower:
         )  # fmt: skip
 
     def get(self, path: str) -> tuple[int, str]:
-        request = urllib.request.Request(self.base + path, headers={"Authorization": AUTH})
-        try:
-            with urllib.request.urlopen(request, timeout=10) as r:
-                return r.status, r.read().decode()
-        except urllib.error.HTTPError as exc:
-            exc.close()
-            return exc.code, ""
+        return get(self.base + path)
 
     def poll(self, path: str, ok: Callable[[str], bool], timeout: float = 30) -> str:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                status, text = self.get(path)
-                if status == 200 and ok(text):
-                    return text
-            except (urllib.error.URLError, ConnectionError):
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{path}: no satisfying answer in {timeout}s")
-            time.sleep(0.3)
+        return poll(self.base + path, ok, timeout)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        stop_session(self.proc)
         self._log.close()
