@@ -4,9 +4,9 @@ Run with `python -m bench.neighbour` (`--quick` for one scenario, `--json` for o
 line per run). For each scenario (a neighbour taking 10%, 20% or 40% of the quota,
 steady or on for 30 s and off for 30 s) and each strategy, real workers run three times
 the work the quota admits in the measured minute, against the simulator with its
-neighbour. "aimd" is quotaflow's default (header sync; 429s cool down and cut the
-rate, which time wins back); "learned" also learns the neighbour's rate from the
-provider's x-ratelimit-* headers (`neighbour_learning = true`).
+neighbour. "learned" is quotaflow's default: it also learns the neighbour's share from
+the provider's x-ratelimit-* headers; "aimd" is `neighbour_learning = false` (header
+sync; 429s cool down and cut the rate, which time wins back).
 
 Measured per run, over the minute after a 10 s warm-up (the provider's bucket starts
 full): provider 429s per quotaflow call; utilization of the quota by quotaflow and the

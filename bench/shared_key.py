@@ -5,8 +5,9 @@
 The simulator as OpenAI's bucket is (a minute of quota, 90k TPM / 3k RPM), a
 neighbour sending 20k TPM on the same key without asking the gate, and M minutes of
 quota (default 3) submitted at once to two worker processes (threads, 16 each). Each
-strategy runs with quotaflow's default settings, "learned" adding only
-`neighbour_learning = true`: no time constant is scaled, as none would be by a user.
+strategy runs with quotaflow's default settings ("learned"), or with only
+`neighbour_learning = false` ("aimd"): no time constant is scaled, as none would be by
+a user.
 
 Measured per strategy: provider 429s over quotaflow's calls, the makespan, and the
 makespan over its bound (the work past the full bucket at the rate the neighbour

@@ -74,7 +74,7 @@ class Gate:
         horizon_seconds: float = 300.0,
         admission_log: bool = False,
         max_cooldown_seconds: float = 60.0,
-        neighbour_learning: bool = False,
+        neighbour_learning: bool = True,
         neighbour_smoothing_seconds: float = _NEIGHBOUR_SMOOTHING_SECONDS,
         neighbour_sample_seconds: float = _NEIGHBOUR_SAMPLE_SECONDS,
         neighbour_reserve: float = _NEIGHBOUR_RESERVE,
@@ -82,12 +82,11 @@ class Gate:
         rate_regain_per_second: float = _FACTOR_REGAIN_PER_SECOND,
     ) -> None:
         self.store = ScriptStore(client)
-        #: A booking this close is waited for in place by the caller (not deferred):
-        #: it counts as started at once; a later one counts when it is redeemed.
+        #: A booking this close is waited for in place by the caller (not deferred).
         self.inline_seconds = inline_seconds
         self.rate_regain_per_second = rate_regain_per_second
         #: Learn the share of clients that bypass the gate from the provider's headers
-        #: (observe.lua). Off by default: see the neighbour benchmark in bench/RESULTS.md.
+        #: and leave it free (observe.lua; the neighbour benchmark in bench/RESULTS.md).
         self.neighbour_learning = neighbour_learning
         self.neighbour_smoothing_seconds = neighbour_smoothing_seconds
         self.neighbour_sample_seconds = neighbour_sample_seconds

@@ -83,7 +83,7 @@ class Settings(BaseSettings):
     #: x-ratelimit-remaining-* headers report it, by leaving free the share others
     #: take (budget/lua/observe.lua). The controller's time constant, the shortest
     #: time between its updates, and the reserve as a share of the provider's limit.
-    neighbour_learning: bool = False
+    neighbour_learning: bool = True
     neighbour_smoothing_seconds: PositiveFloat = 10.0
     neighbour_sample_seconds: PositiveFloat = 0.5
     neighbour_reserve: float = Field(default=0.1, ge=0, lt=1)

@@ -138,7 +138,10 @@ def test_a_killed_pool_process_loses_nothing(simulator, cluster) -> None:  # typ
     while c.jobs.status(job).counts["running"] == 0:
         assert time.monotonic() < deadline, worker.log()
         time.sleep(0.05)
-    time.sleep(0.5)  # the call is in flight at the simulator
+    # The call is in flight at the simulator (it answers after 3 s).
+    while sim.stats()["requests_received"] == 0:
+        assert time.monotonic() < deadline, worker.log()
+        time.sleep(0.05)
     assert sim.stats()["requests_received"] == 1
     for pid in worker.children():
         os.kill(pid, signal.SIGKILL)
