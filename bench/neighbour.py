@@ -46,10 +46,10 @@ TPM, RPM = 300_000, 3_000
 #: under it, as the default 58 s is under OpenAI's 60.
 BUCKET_SECONDS, BURST_SECONDS = 6.0, 5.8
 WARMUP, MEASURED = 10.0, 60.0
-#: The controller scaled to that bucket: the defaults (10 s, 0.1 of the limit) are
-#: for a minute-long one. The reserve over a time constant's quota is kept as there
-#: (0.6); the time constant is not cut below 2 s, which would approach the
-#: pipeline's own delay (a booking half a second ahead, plus the call).
+#: The controller scaled to that bucket: the defaults (6 s, 0.05 of the limit) are
+#: for a minute-long one. The reserve over a time constant's quota is kept about as
+#: there (0.6 here, 0.5 there); the time constant is not cut below 2 s, which would
+#: approach the pipeline's own delay (a booking half a second ahead, plus the call).
 SMOOTHING_SECONDS, RESERVE = 2.0, 0.2
 SHARES = (0.1, 0.2, 0.4)
 PATTERNS = ("steady", "bursty")
@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{BUCKET_SECONDS:g} s (gate burst {BURST_SECONDS:g} s), 2 worker processes "
             '(threads, 16 each), three times the work the quota admits. "learned" holds '
             f"the provider's bucket at {RESERVE:g} of its limit with a {SMOOTHING_SECONDS:g} s "
-            "time constant (the defaults, 0.1 and 10 s, scaled from a minute's bucket to "
+            "time constant (the defaults, 0.05 and 6 s, scaled from a minute's bucket to "
             'this one); "aimd" is header sync and the 429 path alone. Utilization is '
             f"quotaflow's and the neighbour's tokens over {MEASURED:g} s after a "
             f"{WARMUP:g} s warm-up, while quotaflow had work waiting (above 1: the full "

@@ -46,12 +46,12 @@ _FACTOR_REGAIN_PER_SECOND = 0.02
 #: The rate never drops below this share of the configured one.
 _FACTOR_FLOOR = 0.3
 #: Neighbour learning (observe.lua): the controller's time constant...
-_NEIGHBOUR_SMOOTHING_SECONDS = 10.0
+_NEIGHBOUR_SMOOTHING_SECONDS = 6.0
 #: ...its updates at least this far apart...
 _NEIGHBOUR_SAMPLE_SECONDS = 0.5
 #: ...and the share of the provider's bucket it keeps left there, so that a
 #: neighbour's burst meets tokens to spare instead of a 429.
-_NEIGHBOUR_RESERVE = 0.1
+_NEIGHBOUR_RESERVE = 0.05
 
 
 _REDEMPTIONS = {

@@ -84,9 +84,9 @@ class Settings(BaseSettings):
     #: take (budget/lua/observe.lua). The controller's time constant, the shortest
     #: time between its updates, and the reserve as a share of the provider's limit.
     neighbour_learning: bool = True
-    neighbour_smoothing_seconds: PositiveFloat = 10.0
+    neighbour_smoothing_seconds: PositiveFloat = 6.0
     neighbour_sample_seconds: PositiveFloat = 0.5
-    neighbour_reserve: float = Field(default=0.1, ge=0, lt=1)
+    neighbour_reserve: float = Field(default=0.05, ge=0, lt=1)
     #: A request is booked into a future slot only this far ahead; further, it waits.
     booking_horizon_seconds: float = Field(default=300.0, ge=0, le=3600)
     #: A booked task that starts later than this re-books (its slot is gone).
