@@ -1,6 +1,6 @@
 """A new user's shared key at real time: the default settings beside a blind neighbour.
 
-    python -m bench.shared_key [--json] [--minutes M] [--neighbour-tpm N]
+    python -m bench.shared_key [--json] [--minutes M] [--neighbour-tpm N] [--write]
 
 The simulator as OpenAI's bucket is (a minute of quota, 90k TPM / 3k RPM), a
 neighbour sending 20k TPM on the same key without asking the gate, and M minutes of
@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from typing import Any
 
+from bench.results import cpu_model, write_section
 from bench.workload import make_workload
 from pipeline import app
 from pipeline.app import configure
@@ -33,6 +35,7 @@ from simulator import Simulator, SimulatorConfig
 from tasks import runtime
 
 API_KEY = "sk-bench-shared-key"
+BEGIN, END = "<!-- shared-key:begin -->", "<!-- shared-key:end -->"
 TPM, RPM = 90_000, 3_000
 
 
@@ -104,11 +107,40 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=3.0, help="minutes of quota sent")
     parser.add_argument("--neighbour-tpm", type=int, default=20_000)
     parser.add_argument("--strategy", choices=("learned", "aimd"), action="append")
+    parser.add_argument("--write", action="store_true", help="write bench/RESULTS.md")
     args = parser.parse_args(argv)
+    rows = []
     for strategy in args.strategy or ["learned", "aimd"]:
-        row = run_one(strategy, args.minutes, args.neighbour_tpm)
-        print(json.dumps(row) if args.json else row, flush=True)
+        rows.append(run_one(strategy, args.minutes, args.neighbour_tpm))
+        print(json.dumps(rows[-1]) if args.json else rows[-1], flush=True)
+    if args.write:
+        write_report(rows, args.minutes, args.neighbour_tpm)
     return 0
+
+
+def write_report(rows: list[dict[str, Any]], minutes: float, neighbour_tpm: int) -> None:
+    lines = [
+        "## A new user's shared key at real time (`python -m bench.shared_key`)",
+        "",
+        f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs ({cpu_model()}), shared. "
+        f"{TPM:,} TPM / {RPM:,} RPM, the simulator's bucket holding a minute as OpenAI's "
+        f"does, a neighbour sending {neighbour_tpm:,} TPM on the key, {minutes:g} minutes "
+        "of quota submitted at once to 2 worker processes (threads, 16 each), every "
+        'setting at its default ("learned"; "aimd" is `neighbour_learning = false`). '
+        "Bound: the work past the full bucket at the rate the neighbour leaves. The "
+        "learned rate is read as the last request finishes (the backlog gone, it decays).",
+        "",
+        "| strategy | requests | calls | 429s | 429s/call | makespan, s | over the bound | "
+        "learned neighbour tpm |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['strategy']} | {r['requests']} | {r['calls']} | {r['provider_429s']} | "
+            f"{r['share_429']:.1%} | {r['makespan_s']} | {r['makespan_over_bound']} | "
+            f"{r['learned_neighbour_tpm']:,} |"
+        )
+    write_section(BEGIN, END, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
