@@ -47,6 +47,7 @@ from celery import signals
 from redis.lock import Lock
 
 from pipeline.broker import UNACKED_KEY, all_queues, queue_lists, raw_message_id
+from pipeline.messages import Batch, NoTemplate
 from settings import Settings
 from tasks import TASK_FOR_URL, runtime
 from tasks.errors import NotConfigured
@@ -67,6 +68,8 @@ _SCAN_STEP = 1_000
 LOCK_SECONDS = 60.0
 #: Redis commands buffered before a batched publish sends them (two per message).
 BATCH_SIZE = 200
+#: What a batch published by `send_all` shares with `send(..., celery_result=False)`.
+_SUBMIT_OPTIONS = {"ignore_result": True, "headers": {H_RECORDED: True}}
 #: Gap between the two looks into the broker.
 LOOK_GAP_SECONDS = 1.0
 
@@ -103,25 +106,44 @@ def send(
         producer=producer,
         task_id=pending["task_id"],
         args=(pending["body"],),
-        kwargs={
-            "custom_id": custom_id,
-            "job_id": job_id,
-            "deployment": pending.get("deployment"),
-            "tenant": pending.get("tenant"),
-        },
+        kwargs=_kwargs(job_id, custom_id, pending),
         headers={H_RECORDED: True},
     )
+
+
+def _kwargs(job_id: str, custom_id: str, pending: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "custom_id": custom_id,
+        "job_id": job_id,
+        "deployment": pending.get("deployment"),
+        "tenant": pending.get("tenant"),
+    }
 
 
 def send_all(
     job_id: str, requests: dict[str, dict[str, Any]], *, celery_result: bool = True
 ) -> None:
-    """Publish kept requests in pipelined batches: one round trip per BATCH_SIZE
-    Redis commands (a message and its task-sent event are two), not one per message. On return every
-    message is in the broker; on an exception, any may not be."""
+    """Publish kept requests in batches, one round trip each (pipeline.messages; with
+    `celery_result`, or on a broker it cannot serve, Celery's path in pipelined kombu
+    batches of BATCH_SIZE commands). On return every message is in the broker; on an
+    exception, any may not be."""
     if not requests:
         return
     task = TASK_FOR_URL[next(iter(requests.values()))["url"]]
+    if not celery_result and all(TASK_FOR_URL[r["url"]] is task for r in requests.values()):
+        with task.app.connection_for_write() as conn:
+            channel = conn.channel()
+            try:
+                batch = Batch(task.app, task, channel, options=_SUBMIT_OPTIONS)
+                batch.send(
+                    (r["task_id"], (r["body"],), _kwargs(job_id, cid, r))
+                    for cid, r in requests.items()
+                )
+                return
+            except NoTemplate as exc:
+                log.debug("publishing through Celery: %s", exc)
+            finally:
+                channel.close()
     with task.app.producer_or_acquire() as producer, producer.batch(max_size=BATCH_SIZE):
         for custom_id, pending in requests.items():
             send(job_id, custom_id, pending, celery_result=celery_result, producer=producer)
