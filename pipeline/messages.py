@@ -30,8 +30,10 @@ from typing import Any
 
 from celery import Celery, Task
 from celery.utils.saferepr import saferepr
+from kombu.utils.json import JSONEncoder
 from kombu.utils.json import dumps as kombu_dumps
 
+from budget.store import bulk
 from pipeline.publish import _show_arguments, route_task, task_reprs
 from tasks.metrics import check_tenant
 
@@ -41,6 +43,16 @@ _SENTINEL = {name: f"@quotaflow-{name}@" for name in _SLOTS}
 _SLOT = re.compile(r'"@quotaflow-(\w+)@"')
 #: PUBLISH every event of a batch in one command: ARGV[1] a channel, then the events.
 _PUBLISH_ALL = "for i = 2, #ARGV do redis.call('PUBLISH', ARGV[1], ARGV[i]) end return #ARGV - 1"
+
+
+#: kombu's json serializer is `json.dumps(obj, cls=JSONEncoder)`: one encoder with the
+#: same (default) options, instead of one built per call.
+_ENCODE = JSONEncoder().encode
+
+
+def _command(*args: bytes) -> bytes:
+    """One Redis command as RESP, packed at once (redis-py packs argument by argument)."""
+    return b"*%d\r\n" % len(args) + b"".join(map(bulk, args))
 
 
 class NoTemplate(Exception):
@@ -81,8 +93,7 @@ class Template:
         self, task_id: str, args: Any, kwargs: Any, reprs: tuple[str, str], clock: int
     ) -> tuple[str, str | None]:
         """(message, event) as the Redis transport would write them."""
-        # kombu's json serializer is this function (then utf-8, then base64).
-        body = kombu_dumps((args, kwargs, self.embed))
+        body = _ENCODE((args, kwargs, self.embed))  # then utf-8, then base64, as kombu
         ident = f'"{task_id}"'
         argsrepr, kwargsrepr = json.dumps(reprs[0]), json.dumps(reprs[1])
         message = self.message.format(
@@ -173,8 +184,8 @@ class Batch:
 
     def send(self, messages: Iterable[tuple[str, Any, Any]]) -> int:
         """Publish (task id, args, kwargs) in one round trip; returns how many."""
-        by_key: dict[str, list[str]] = {}
-        events: dict[tuple[str, ...], list[str]] = {}
+        by_key: dict[str, list[bytes]] = {}
+        events: dict[tuple[str, ...], list[bytes]] = {}
         for task_id, args, kwargs in messages:
             route = route_task(self.task.name, args, kwargs, {})
             if route is None:
@@ -189,15 +200,29 @@ class Batch:
                 self._tenants.add(tenant)
             clock = self.app.clock.forward() if template.topics else 0
             message, event = template.render(task_id, args, kwargs, self.reprs(args, kwargs), clock)
-            by_key.setdefault(template.key, []).append(message)
+            by_key.setdefault(template.key, []).append(message.encode())
             if event is not None:
-                events.setdefault(template.topics, []).append(event)
-        with self.channel.conn_or_acquire() as client:
-            pipe = client.pipeline(transaction=False)
-            for key, values in by_key.items():
-                pipe.lpush(key, *values)
-            for topics, sent in events.items():
-                for topic in topics:
-                    pipe.eval(_PUBLISH_ALL, 0, topic, *sent)
-            pipe.execute()
+                events.setdefault(template.topics, []).append(event.encode())
+        commands = [_command(b"LPUSH", key.encode(), *values) for key, values in by_key.items()]
+        commands += [
+            _command(b"EVAL", _PUBLISH_ALL.encode(), b"0", topic.encode(), *sent)
+            for topics, sent in events.items()
+            for topic in topics
+        ]
+        self._execute(commands)
         return sum(map(len, by_key.values()))
+
+    def _execute(self, commands: list[bytes]) -> None:
+        """Send the commands in one round trip on a connection of the broker's pool."""
+        with self.channel.conn_or_acquire() as client:
+            pool = client.connection_pool
+            conn = pool.get_connection()
+            try:
+                conn.send_packed_command(commands)
+                for _ in commands:
+                    conn.read_response()  # an error reply raises
+            except BaseException:
+                conn.disconnect()  # replies may be left unread: never reuse it
+                raise
+            finally:
+                pool.release(conn)
