@@ -67,8 +67,8 @@ def run_scenario(name: str) -> dict[str, Any]:
     """One scenario, in this process: returns its figures."""
     from pipeline import app
     from pipeline.app import configure
+    from pipeline.broker import queue_depth
     from pipeline.jobs import Jobs
-    from pipeline.metrics_server import queue_depth
     from settings import DeploymentSettings, Settings
     from simulator import Simulator, SimulatorConfig
     from tasks import runtime

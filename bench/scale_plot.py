@@ -21,17 +21,22 @@ def main() -> None:
     rows = [json.loads(x) for x in (HERE / "scale_results.jsonl").read_text().splitlines() if x]
     stages = list(dict.fromkeys(r["stage"] for r in rows))
     fig, (cpu, mem) = plt.subplots(1, 2, figsize=(11, 4))
-    for stage in stages:
+    for i, stage in enumerate(stages):
         mine = sorted((r for r in rows if r["stage"] == stage), key=lambda r: r["requests"])
         n = [r["requests"] for r in mine]
-        cpu.plot(n, [r["cpu_ms_per_request"] for r in mine], "o-", label=f"{stage}: all")
+        c = plt.get_cmap("tab10")(i % 10)  # one colour per stage, past the default cycle
+        cpu.plot(n, [r["cpu_ms_per_request"] for r in mine], "o-", c=c, label=f"{stage}: all")
         cpu.plot(
-            n, [r["worker_cpu_ms_per_request"] for r in mine], "x--", label=f"{stage}: workers"
-        )
-        mem.plot(n, [r["redis_peak_bytes_per_request"] for r in mine], "o-", label=f"{stage}: peak")
+            n, [r["worker_cpu_ms_per_request"] for r in mine], "x--", c=c,
+            label=f"{stage}: workers",
+        )  # fmt: skip
         mem.plot(
-            n, [r["redis_bytes_per_request_after"] for r in mine], "x--", label=f"{stage}: after"
+            n, [r["redis_peak_bytes_per_request"] for r in mine], "o-", c=c, label=f"{stage}: peak"
         )
+        mem.plot(
+            n, [r["redis_bytes_per_request_after"] for r in mine], "x--", c=c,
+            label=f"{stage}: after",
+        )  # fmt: skip
     cpu.set(xscale="log", xlabel="requests (N)", ylabel="CPU ms per request", ylim=(0, None))
     mem.set(xscale="log", xlabel="requests (N)", ylabel="Redis bytes per request", ylim=(0, None))
     cpu.set_title("CPU per request (2-core host)")

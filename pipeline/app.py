@@ -20,7 +20,7 @@ from pipeline import (
 )
 from pipeline.backlog import Backlog
 from pipeline.broker import deployment_queues
-from pipeline.compat import guard_restore_unacked
+from pipeline.compat import guard_restore_unacked, reuse_sync_clients
 from pipeline.preflight import check_eviction_policy
 from pipeline.publish import NO_REDIS, QuotaflowAMQP, hide_arguments_from_inspect, route_task
 from settings import Settings, SettingsError, load_settings
@@ -176,5 +176,6 @@ def _default_app() -> Celery:
 
 
 guard_restore_unacked()
+reuse_sync_clients()
 hide_arguments_from_inspect()
 app = _default_app()

@@ -4,11 +4,23 @@ A queue is one list per priority step (step 0 is the bare name); delivered,
 unacknowledged messages (running, or held with an ETA) live in the `unacked` hash
 as JSON `[message, exchange, routing_key]`. And the names of quotaflow's queues: the
 main one, the retry one, and one per deployment that new requests wait in.
+
+Queue depth (`queue_depth`, read by status, watch and every metrics scrape) costs the
+same whatever the backlog: LLEN per list, HLEN of the unacked hash, and one slice of
+at most HELD_PER_READING unacked messages, classified without decoding their bodies.
+A reading continues the previous one's scan; per queue, the held and deferred counts
+are those of the last full pass (exact when the hash fits in one reading).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import json
+import re
+import weakref
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, cast
+
+import redis
 
 if TYPE_CHECKING:
     from settings import Settings
@@ -30,6 +42,25 @@ def message_id(message: dict[str, Any]) -> str:
     return str((message.get("headers") or {}).get("id", ""))
 
 
+#: The header `"id": "..."`: kombu keeps the body base64-encoded and every other
+#: header's text JSON-escaped, so nothing else in a message reads like it.
+_ID = re.compile(rb'"id": "([^"\\]*)"')
+
+
+def raw_message_id(raw: bytes) -> str:
+    """`message_id` of a message as the broker keeps it (JSON), without decoding its
+    body; a message in another layout is decoded in full."""
+    found = _ID.search(raw)
+    if found is not None:
+        return found.group(1).decode()
+    try:
+        decoded = json.loads(raw)
+    except ValueError:
+        return ""
+    # An unacked entry is [message, exchange, routing_key].
+    return message_id(decoded[0] if isinstance(decoded, list) else decoded)
+
+
 def deployment_queue(settings: Settings, deployment: str) -> str:
     """The queue that holds a deployment's new requests until a worker can book them:
     `<queue>.<deployment>` (never the retry queue's name)."""
@@ -45,3 +76,98 @@ def deployment_queues(settings: Settings) -> dict[str, str]:
 def all_queues(settings: Settings) -> list[str]:
     """Every queue quotaflow's messages wait in: main, retry, one per deployment."""
     return [settings.queue, settings.retry_queue, *deployment_queues(settings).values()]
+
+
+#: Most unacked messages one reading of the queue depth classifies.
+HELD_PER_READING = 2_000
+_SCAN_STEP = 500
+#: kombu writes the routing key last: `..., "exchange", "routing_key"]`.
+_ROUTING_KEY = re.compile(rb', "((?:[^"\\]|\\.)*)"\]$')
+_ETA = b'"eta": "'
+
+
+def held_message(raw: bytes) -> tuple[str, bool] | None:
+    """(routing key, has an ETA) of an unacked entry; None if it is not one.
+
+    Read from the raw JSON: decoding it would decode the message body too, for two
+    fields. An entry in another layout is decoded in full.
+    """
+    found = _ROUTING_KEY.search(raw)
+    if found is not None and b"\\" not in found.group(1):
+        return found.group(1).decode(), _ETA in raw
+    try:
+        message, _exchange, routing_key = json.loads(raw)
+        return str(routing_key), bool((message.get("headers") or {}).get("eta"))
+    except (ValueError, TypeError, AttributeError):
+        return None
+
+
+@dataclass(frozen=True)
+class QueueDepth:
+    """What waits in the broker, per queue."""
+
+    #: Messages waiting in the queue's lists (what Flower and LLEN show).
+    ready: dict[str, int] = field(default_factory=dict)
+    #: Deferred tasks: delivered with an ETA, held by a worker until their countdown ends.
+    deferred: dict[str, int] = field(default_factory=dict)
+    #: Every delivered, unacknowledged message: deferred, running or prefetched.
+    unacked: dict[str, int] = field(default_factory=dict)
+    #: False while the unacked hash is larger than one reading and no pass has ended
+    #: yet: `deferred` and `unacked` then count only the part read so far.
+    complete: bool = True
+    #: Unacked messages of every queue (HLEN), exact at the time of the reading.
+    held_total: int = 0
+
+
+class HeldScan:
+    """The unacked hash, counted per queue a slice at a time across readings."""
+
+    def __init__(self, queues: list[str]) -> None:
+        self.queues = queues
+        self.cursor = 0
+        self._unacked = dict.fromkeys(queues, 0)
+        self._deferred = dict.fromkeys(queues, 0)
+        self.last: tuple[dict[str, int], dict[str, int]] | None = None
+
+    def read(self, client: redis.Redis) -> tuple[dict[str, int], dict[str, int], bool]:
+        """(unacked, deferred, complete) after at most HELD_PER_READING more entries."""
+        seen = 0
+        while seen < HELD_PER_READING:
+            self.cursor, found = client.hscan(UNACKED_KEY, self.cursor, count=_SCAN_STEP)
+            entries = cast(dict[bytes, bytes], found)
+            seen += len(entries)
+            for raw in entries.values():
+                held = held_message(raw)
+                if held is not None and held[0] in self._unacked:
+                    self._unacked[held[0]] += 1
+                    self._deferred[held[0]] += held[1]
+            if self.cursor == 0:  # a full pass: it becomes the answer
+                self.last = (self._unacked, self._deferred)
+                self._unacked = dict.fromkeys(self.queues, 0)
+                self._deferred = dict.fromkeys(self.queues, 0)
+                break
+        if self.last is None:
+            return dict(self._unacked), dict(self._deferred), False
+        return dict(self.last[0]), dict(self.last[1]), True
+
+
+#: One scan per client, so that status --watch and a metrics server continue theirs.
+_scans: weakref.WeakKeyDictionary[redis.Redis, HeldScan] = weakref.WeakKeyDictionary()
+
+
+def queue_depth(client: redis.Redis, settings: Settings) -> QueueDepth:
+    """Every queue's waiting, held and deferred messages, at a bounded cost (above)."""
+    queues = all_queues(settings)
+    pipe = client.pipeline(transaction=False)
+    for queue in queues:
+        for name in queue_lists(queue):
+            pipe.llen(name)
+    pipe.hlen(UNACKED_KEY)
+    *sizes, held_total = pipe.execute()
+    per = len(queue_lists(""))
+    ready = {q: sum(sizes[i * per : (i + 1) * per]) for i, q in enumerate(queues)}
+    scan = _scans.get(client)
+    if scan is None or scan.queues != queues:
+        scan = _scans[client] = HeldScan(queues)
+    unacked, deferred, complete = scan.read(client)
+    return QueueDepth(ready, deferred, unacked, complete=complete, held_total=int(held_total))

@@ -8,11 +8,9 @@ unacknowledged in the workers' memory and in the broker's `unacked` hash.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -21,8 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from budget import QuotaflowError
-from pipeline.broker import UNACKED_KEY, all_queues, queue_lists
-from settings import Settings
+from pipeline.broker import queue_depth
 from tasks.metrics import parse_field
 from tasks.runtime import Runtime
 
@@ -44,43 +41,6 @@ HELP = {
     "cost_usd_total": "Cost of the actual usage, USD.",
     "requests_done_total": "Requests completed successfully.",
 }
-
-
-@dataclass(frozen=True)
-class QueueDepth:
-    """What waits in the broker, per queue."""
-
-    #: Messages waiting in the queue's lists (what Flower and LLEN show).
-    ready: dict[str, int] = field(default_factory=dict)
-    #: Deferred tasks: delivered with an ETA, held by a worker until their countdown ends.
-    deferred: dict[str, int] = field(default_factory=dict)
-    #: Every delivered, unacknowledged message: deferred, running or prefetched.
-    unacked: dict[str, int] = field(default_factory=dict)
-
-
-def queue_depth(client: redis.Redis, settings: Settings) -> QueueDepth:
-    queues = all_queues(settings)
-    pipe = client.pipeline(transaction=False)
-    for queue in queues:
-        for name in queue_lists(queue):
-            pipe.llen(name)
-    sizes = pipe.execute()
-    per = len(queue_lists(""))
-    ready = {q: sum(sizes[i * per : (i + 1) * per]) for i, q in enumerate(queues)}
-    deferred = dict.fromkeys(queues, 0)
-    unacked = dict.fromkeys(queues, 0)
-    # O(unacked): bounded by worker_eta_task_limit per worker.
-    for _, raw in client.hscan_iter(UNACKED_KEY, count=1000):
-        try:
-            message, _exchange, routing_key = json.loads(raw)
-            eta = (message.get("headers") or {}).get("eta")
-        except (ValueError, TypeError, AttributeError):
-            continue
-        if routing_key in unacked:
-            unacked[routing_key] += 1
-            if eta:
-                deferred[routing_key] += 1
-    return QueueDepth(ready=ready, deferred=deferred, unacked=unacked)
 
 
 class QuotaflowCollector(Collector):  # type: ignore[misc]

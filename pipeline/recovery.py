@@ -19,30 +19,35 @@ for twice, a second apart: a message moves from a queue to the unacked hash in t
 steps), and it has not moved in the meantime. It is sent again under its own task
 id, so an `AsyncResult` the caller holds still resolves.
 
-Cost of one sweep: one HLEN per job in the index; for jobs with unfinished requests,
-one HSCAN of their `touched` hash (custom ids and timestamps, no bodies); when some
-are stale, the kept requests of at most SWEEP_MAX_CANDIDATES of them and two reads
-of the broker's queues and unacked hash. The queues are read only while at most
-SWEEP_MAX_WAITING messages wait in them: while a longer backlog waits, a lost
-message is sent again once the backlog is down to that size.
+Cost of one sweep, whatever the backlog: one HLEN per job in the index (jobs expire
+after retention_seconds); of the jobs with unfinished requests, at most
+SWEEP_MAX_SCANNED entries of their `touched` hashes (custom ids and timestamps, no
+bodies), each job's scan continuing where the last sweep left it (a cursor kept in
+Redis), so a lost request is found within ceil(unfinished / SWEEP_MAX_SCANNED) sweeps;
+when some are stale, the kept requests of at most SWEEP_MAX_CANDIDATES of them and two
+reads of the broker: at most SWEEP_MAX_WAITING waiting messages and the unacked hash
+(what the workers hold: bounded by their concurrency and worker_eta_task_limit, not by
+the backlog), task ids read without decoding bodies. While more than
+SWEEP_MAX_WAITING messages wait, the broker is not read: a lost message is sent again
+once the backlog is down to that size.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import random
 import socket
 import threading
 import time
-from typing import Any
+from typing import Any, cast
 
 import redis
 from celery import signals
 from redis.lock import Lock
 
-from pipeline.broker import UNACKED_KEY, all_queues, message_id, queue_lists
+from pipeline.broker import UNACKED_KEY, all_queues, queue_lists, raw_message_id
+from pipeline.messages import Batch, NoTemplate
 from settings import Settings
 from tasks import TASK_FOR_URL, runtime
 from tasks.errors import NotConfigured
@@ -56,10 +61,15 @@ H_RECORDED = "quotaflow_recorded"
 SWEEP_MAX_WAITING = 5_000
 #: Most stale requests one sweep checks (oldest first).
 SWEEP_MAX_CANDIDATES = 1_000
+#: Most entries of the jobs' `touched` hashes one sweep reads.
+SWEEP_MAX_SCANNED = 20_000
+_SCAN_STEP = 1_000
 #: The lock's expiry: a recovery that dies holding it frees it after this long.
 LOCK_SECONDS = 60.0
 #: Redis commands buffered before a batched publish sends them (two per message).
 BATCH_SIZE = 200
+#: What a batch published by `send_all` shares with `send(..., celery_result=False)`.
+_SUBMIT_OPTIONS = {"ignore_result": True, "headers": {H_RECORDED: True}}
 #: Gap between the two looks into the broker.
 LOOK_GAP_SECONDS = 1.0
 
@@ -96,25 +106,44 @@ def send(
         producer=producer,
         task_id=pending["task_id"],
         args=(pending["body"],),
-        kwargs={
-            "custom_id": custom_id,
-            "job_id": job_id,
-            "deployment": pending.get("deployment"),
-            "tenant": pending.get("tenant"),
-        },
+        kwargs=_kwargs(job_id, custom_id, pending),
         headers={H_RECORDED: True},
     )
+
+
+def _kwargs(job_id: str, custom_id: str, pending: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "custom_id": custom_id,
+        "job_id": job_id,
+        "deployment": pending.get("deployment"),
+        "tenant": pending.get("tenant"),
+    }
 
 
 def send_all(
     job_id: str, requests: dict[str, dict[str, Any]], *, celery_result: bool = True
 ) -> None:
-    """Publish kept requests in pipelined batches: one round trip per BATCH_SIZE
-    Redis commands (a message and its task-sent event are two), not one per message. On return every
-    message is in the broker; on an exception, any may not be."""
+    """Publish kept requests in batches, one round trip each (pipeline.messages; with
+    `celery_result`, or on a broker it cannot serve, Celery's path in pipelined kombu
+    batches of BATCH_SIZE commands). On return every message is in the broker; on an
+    exception, any may not be."""
     if not requests:
         return
     task = TASK_FOR_URL[next(iter(requests.values()))["url"]]
+    if not celery_result and all(TASK_FOR_URL[r["url"]] is task for r in requests.values()):
+        with task.app.connection_for_write() as conn:
+            channel = conn.channel()
+            try:
+                batch = Batch(task.app, task, channel, options=_SUBMIT_OPTIONS)
+                batch.send(
+                    (r["task_id"], (r["body"],), _kwargs(job_id, cid, r))
+                    for cid, r in requests.items()
+                )
+                return
+            except NoTemplate as exc:
+                log.debug("publishing through Celery: %s", exc)
+            finally:
+                channel.close()
     with task.app.producer_or_acquire() as producer, producer.batch(max_size=BATCH_SIZE):
         for custom_id, pending in requests.items():
             send(job_id, custom_id, pending, celery_result=celery_result, producer=producer)
@@ -164,6 +193,8 @@ class Recovery:
         self.client = store.client
         self.due_key = f"{store.prefix}:recover:due"
         self.lock_key = f"{store.prefix}:recover:lock"
+        #: Per job, where the sweeps' scan of its `touched` hash goes on.
+        self.cursor_key = f"{store.prefix}:recover:cursor"
 
     @property
     def interval(self) -> float:
@@ -194,16 +225,47 @@ class Recovery:
             return 0
         limit = self.settings.recover_after_seconds
         candidates: Candidates = {}
-        for job_id in self.store.open_jobs():
+        jobs = self.store.open_jobs()
+        # Random order and a share each: a large job cannot keep the others unswept.
+        random.shuffle(jobs)
+        share = max(_SCAN_STEP, SWEEP_MAX_SCANNED // max(1, len(jobs)))
+        scanned = 0
+        for job_id in jobs:
             room = SWEEP_MAX_CANDIDATES - len(candidates)
-            if room <= 0:
+            if room <= 0 or scanned >= SWEEP_MAX_SCANNED:
                 break
-            stale = self.store.stale(job_id, older_than=limit, limit=room)
+            n, stale = self._stale_slice(job_id, older_than=limit, limit=room, scan=share)
+            scanned += n
             candidates.update({(job_id, cid): snap for cid, snap in stale.items()})
         resent = self._resend_lost(candidates, lock) if candidates else 0
         if resent:
             log.warning("recovery: %d request(s) whose message was lost sent again", resent)
         return resent
+
+    def _stale_slice(
+        self, job_id: str, *, older_than: float, limit: int, scan: int
+    ) -> tuple[int, dict[str, tuple[str, str]]]:
+        """`JobStore.stale` over the next `scan` entries of the job's touched hash
+        (from the cursor the last sweep left); returns (entries read, stale)."""
+        touched = self.store.keys(job_id).touched
+        cursor = int(self.client.hget(self.cursor_key, job_id) or 0)
+        cutoff = time.time() - older_than
+        old: list[tuple[float, str]] = []
+        read = 0
+        while read < scan:
+            cursor, found = self.client.hscan(touched, cursor, count=_SCAN_STEP)
+            entries = cast(dict[bytes, bytes], found)
+            read += len(entries)
+            old += [(float(at), _text(cid)) for cid, at in entries.items() if float(at) < cutoff]
+            if cursor == 0:
+                break
+        if cursor:
+            self.client.hset(self.cursor_key, job_id, cursor)
+        else:
+            self.client.hdel(self.cursor_key, job_id)
+        cids = [cid for _, cid in sorted(old)[:limit]]
+        snaps = self.store.snapshot(job_id, cids)
+        return read, {c: s for c, s in snaps.items() if s[0] not in ("", "done", "failed")}
 
     def recover_job(self, job_id: str, *, older_than: float) -> int:
         """One job's lost requests, sent again (waits for the lock)."""
@@ -271,14 +333,23 @@ class Recovery:
         """
         if max_waiting is not None and self._waiting() > max_waiting:
             return None
+        # Each list read up to the bound, so a backlog that grew since the count
+        # still costs no more than the bound (and is then not read at all).
+        last = -1 if max_waiting is None else max_waiting
         pipe = self.client.pipeline(transaction=True)
         for name in self._lists():
-            pipe.lrange(name, 0, -1)
+            pipe.lrange(name, 0, last)
         pipe.hvals(UNACKED_KEY)
         *lists, unacked = pipe.execute()
-        ids = {message_id(json.loads(raw)) for lst in lists for raw in lst}
-        ids.update(message_id(json.loads(raw)[0]) for raw in unacked)
+        if max_waiting is not None and sum(map(len, lists)) > max_waiting:
+            return None
+        ids = {raw_message_id(raw) for lst in lists for raw in lst}
+        ids.update(raw_message_id(raw) for raw in unacked)
         return ids
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _release(lock: Lock) -> None:

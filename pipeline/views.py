@@ -17,10 +17,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from pipeline.broker import queue_depth
 from pipeline.console import console
 from pipeline.jobs import Jobs, SubmitReport
 from pipeline.local import LocalWorkers
-from pipeline.metrics_server import queue_depth
 from tasks.jobstore import JobStatus
 from tasks.metrics import parse_field
 from tasks.runtime import Runtime
@@ -342,9 +342,17 @@ def budget_view(rt: Runtime) -> Group:
         "* in this clock minute and the one before; granted ... never: the gate's answers",
     )
     depth = queue_depth(rt.redis, rt.settings)
-    return Group(now_table, rates_table, last_table, Text(queue_line(depth.ready, depth.deferred)))
+    return Group(
+        now_table,
+        rates_table,
+        last_table,
+        Text(queue_line(depth.ready, depth.deferred, complete=depth.complete)),
+    )
 
 
-def queue_line(ready: dict[str, int], deferred: dict[str, int]) -> str:
-    parts = [f"{q}: {ready[q]} waiting, {deferred.get(q, 0)} deferred" for q in ready]
+def queue_line(ready: dict[str, int], deferred: dict[str, int], *, complete: bool = True) -> str:
+    # Incomplete: the workers hold more than one reading counts (pipeline.broker), and
+    # no full pass has ended yet: the deferred counted so far are a lower bound.
+    at_least = "" if complete else ">="
+    parts = [f"{q}: {ready[q]} waiting, {at_least}{deferred.get(q, 0)} deferred" for q in ready]
     return "queues: " + " · ".join(parts)

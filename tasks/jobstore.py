@@ -52,6 +52,7 @@ class JobStore:
         self._dead = _script(client, "dead")
         self._claim = _script(client, "claim")
         self._queue = _script(client, "queue")
+        self._add_queued = _script(client, "add_queued")
 
     def keys(self, job_id: str) -> JobKeys:
         return job_keys(self.prefix, job_id)
@@ -75,10 +76,7 @@ class JobStore:
         ids = list(custom_ids)
         if not ids:
             return 0
-        pipe = self.client.pipeline(transaction=False)
-        for cid in ids:
-            pipe.hsetnx(k.states, cid, "queued")
-        added = sum(int(x) for x in pipe.execute())
+        added = int(self._add_queued(keys=[k.states], args=ids))
         if not added and not estimated:
             return 0
         self._count_in(job_id, added, estimated)
@@ -141,10 +139,7 @@ class JobStore:
     def known(self, job_id: str, custom_ids: list[str]) -> list[bool]:
         if not custom_ids:
             return []
-        pipe = self.client.pipeline(transaction=False)
-        for cid in custom_ids:
-            pipe.hexists(self.keys(job_id).states, cid)
-        return [bool(x) for x in pipe.execute()]
+        return [x is not None for x in self.client.hmget(self.keys(job_id).states, custom_ids)]
 
     def transition(self, job_id: str, custom_id: str, state: str) -> bool:
         assert state in STATES

@@ -10,11 +10,11 @@ import typer
 from rich.markup import escape
 
 from budget import QuotaflowError
+from pipeline.broker import queue_depth
 from pipeline.cli.options import JobArg, cluster, cmd
 from pipeline.console import console
 from pipeline.embedded import sigterm_as_interrupt
 from pipeline.jobs import Jobs
-from pipeline.metrics_server import queue_depth
 from pipeline.views import budget_view, follow, job_table, jobs_table, queue_line, recover_line
 
 
@@ -34,7 +34,7 @@ def status(
             current = follow(rt, jobs, job)
     console.print(job_table(current, title=f"job {escape(job)}"))
     depth = queue_depth(rt.redis, rt.settings)
-    console.print(queue_line(depth.ready, depth.deferred), soft_wrap=True)
+    console.print(queue_line(depth.ready, depth.deferred, complete=depth.complete), soft_wrap=True)
 
 
 def replay(job: JobArg) -> None:

@@ -52,17 +52,31 @@ def test_edge_interrupted_submit_resumes(
     submit = [str(QUOTAFLOW), "submit", str(batch), "--job-id", "J"]
     unsent_key = job_keys(c.settings.key_prefix, "J").unsent
 
-    # Kill the submitter in the middle of publishing a chunk (500 requests a chunk).
+    # Kill the submitter while a chunk (500 requests) is kept and marked unsent but not
+    # yet in the broker (a chunk goes out in one round trip). The window is short: stop
+    # the process, and kill it only if it stopped inside it.
     proc = subprocess.Popen(submit, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
-    while True:
+
+    def in_window() -> bool:
         sent = redis_client.llen(QUEUE)
-        if sent > 1_000 and sent % 500 not in (0, 499) and redis_client.scard(unsent_key):
-            proc.send_signal(signal.SIGKILL)
-            break
+        return (
+            sent >= 1_000
+            and bool(redis_client.scard(unsent_key))
+            and (sent < c.jobs.status("J").total)
+        )
+
+    while True:
+        if in_window():
+            proc.send_signal(signal.SIGSTOP)
+            time.sleep(0.05)  # the stop lands
+            if in_window():
+                proc.send_signal(signal.SIGKILL)
+                break
+            proc.send_signal(signal.SIGCONT)
         assert proc.poll() is None, "submit ended before it could be interrupted"
         assert time.monotonic() < deadline
-        time.sleep(0.002)
+        time.sleep(0.001)
     proc.wait(timeout=10)
     published = redis_client.llen(QUEUE)
     assert 0 < published < n

@@ -8,7 +8,7 @@ import pytest
 import redis
 from support.workload import SIM, bodies, check_complete
 
-from pipeline.metrics_server import queue_depth
+from pipeline.broker import queue_depth
 from settings import settings_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
