@@ -29,12 +29,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery, Task
-from celery.utils.saferepr import saferepr
 from kombu.utils.json import JSONEncoder
 from kombu.utils.json import dumps as kombu_dumps
 
 from budget.store import bulk
-from pipeline.publish import _show_arguments, route_task, task_reprs
+from pipeline.publish import message_reprs, route_task
 from tasks.metrics import check_tenant
 
 #: Stand-ins for what differs per message, replaced in the recorded JSON.
@@ -125,13 +124,6 @@ class Batch:
         self.options = options
         self.templates: dict[str, Template] = {}
         self._tenants: set[str | None] = set()
-        self._maxsize = app.amqp.argsrepr_maxsize
-
-    def reprs(self, args: Any, kwargs: Any) -> tuple[str, str]:
-        """(argsrepr, kwargsrepr) as QuotaflowAMQP would make them."""
-        if _show_arguments():
-            return saferepr(args, self._maxsize, maxlevels=6), saferepr(kwargs, self._maxsize)
-        return task_reprs(args, kwargs)
 
     def _template(self, queue: str, args: Any, kwargs: Any) -> Template:
         recorded: list[tuple[str, list[str], dict[str, Any]]] = []
@@ -199,7 +191,9 @@ class Batch:
                 check_tenant(tenant)
                 self._tenants.add(tenant)
             clock = self.app.clock.forward() if template.topics else 0
-            message, event = template.render(task_id, args, kwargs, self.reprs(args, kwargs), clock)
+            message, event = template.render(
+                task_id, args, kwargs, message_reprs(self.app.amqp, args, kwargs), clock
+            )
             by_key.setdefault(template.key, []).append(message.encode())
             if event is not None:
                 events.setdefault(template.topics, []).append(event.encode())

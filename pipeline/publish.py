@@ -60,6 +60,17 @@ def task_reprs(args: Any, kwargs: Any) -> tuple[str, str]:
     return f"({HIDDEN_BODY!r},)", safe_repr(shown)
 
 
+def message_reprs(amqp: AMQP, args: Any, kwargs: Any) -> tuple[str, str]:
+    """(argsrepr, kwargsrepr) of a quotaflow task's message: `task_reprs`, or with
+    show_task_arguments the arguments whole (Celery's default stops three levels down)."""
+    if _show_arguments():
+        return (
+            saferepr(args, amqp.argsrepr_maxsize, maxlevels=_SHOWN_LEVELS),
+            saferepr(kwargs, amqp.kwargsrepr_maxsize),
+        )
+    return task_reprs(args, kwargs)
+
+
 def route_task(
     name: str, args: Any, kwargs: Any, options: Mapping[str, Any], *_: Any, **__: Any
 ) -> dict[str, str] | None:
@@ -102,10 +113,7 @@ class QuotaflowAMQP(AMQP):  # type: ignore[misc]
             if isinstance(kwargs, Mapping):
                 check_tenant(kwargs.get("tenant"))
             if argsrepr is None and kwargsrepr is None:
-                if _show_arguments():  # whole: Celery's default stops three levels down
-                    argsrepr = saferepr(args, self.argsrepr_maxsize, maxlevels=_SHOWN_LEVELS)
-                else:
-                    argsrepr, kwargsrepr = task_reprs(args, kwargs)
+                argsrepr, kwargsrepr = message_reprs(self, args, kwargs)
         return super().as_task_v2(
             task_id, name, args, kwargs, *rest, argsrepr=argsrepr, kwargsrepr=kwargsrepr,
             **options,
