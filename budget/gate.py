@@ -288,6 +288,7 @@ class Gate:
                 repr(self.neighbour_smoothing_seconds),
                 repr(self.neighbour_sample_seconds),
                 _FACTOR_FLOOR,
+                "1" if self.neighbour_learning else "0",
             ],
         )
         return int(moved)

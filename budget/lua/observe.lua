@@ -34,6 +34,7 @@
 -- ARGV[9]  time constant T, seconds
 -- ARGV[10] shortest time between two updates, seconds
 -- ARGV[11] lowest factor
+-- ARGV[12] "1" when learning is on; "0" forgets what was learned (switched off)
 --
 -- Returns {now_us, moved} where moved counts the buckets that header sync moved.
 
@@ -55,6 +56,10 @@ for d = 1, 2 do
   end
 end
 
+if ARGV[12] == "0" then
+  redis.call("HDEL", KEYS[3], "n_t", "n_r", "f_t", "f_r", "at")
+  return {now, moved}
+end
 if ARGV[3] == "" and ARGV[4] == "" then
   return {now, moved}
 end

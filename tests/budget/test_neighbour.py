@@ -115,3 +115,14 @@ def test_without_headers_nothing_is_learned(redis_client: redis.Redis) -> None:
         gate.observe("shared", {})
     snap = gate.snapshot("shared")
     assert snap.neighbour_tpm == 0 and snap.rate_factor == 1.0
+
+
+def test_switching_learning_off_forgets_the_share(redis_client: redis.Redis) -> None:
+    gate = learning_gate(redis_client)
+    drive(gate, Provider(neighbour=400.0), 3.0)
+    assert gate.snapshot("shared").neighbour_tpm > 0
+    headers = {"x-ratelimit-limit-tokens": "1000", "x-ratelimit-remaining-tokens": "900"}
+    Gate(redis_client, [DEP], neighbour_learning=False).observe("shared", headers)
+    assert gate.snapshot("shared").neighbour_tpm == 0
+    # No learned factor left for reserve.lua (an AIMD cut after a 429 may remain).
+    assert redis_client.hget(gate.limits("shared").keys.rate, "f_t") is None
