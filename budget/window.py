@@ -50,30 +50,6 @@ class Windows:
             guard_seconds=guard,
         )
 
-    def reserve_args(
-        self,
-        *,
-        tokens: int,
-        requests: int,
-        horizon_us: int,
-        log: bool,
-        log_max: int,
-        reservation_id: str,
-    ) -> list[str | int]:
-        """ARGV of `window.lua`."""
-        return [
-            tokens,
-            requests,
-            repr(self.token_allowance),
-            repr(self.request_allowance),
-            self.token_window_us,
-            self.request_window_us,
-            horizon_us,
-            "1" if log else "0",
-            log_max,
-            reservation_id,
-        ]
-
     def push_args(
         self,
         *,
