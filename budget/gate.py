@@ -289,6 +289,10 @@ class Gate:
                 repr(self.neighbour_sample_seconds),
                 _FACTOR_FLOOR,
                 "1" if self.neighbour_learning else "0",
+                repr(lim.token_interval_us),
+                repr(lim.request_interval_us),
+                repr(lim.token_tolerance_us),
+                repr(lim.request_tolerance_us),
             ],
         )
         return int(moved)

@@ -27,15 +27,17 @@ def test_the_learned_rate_converges_on_the_neighbours(simulator, cluster) -> Non
     )
     c.start_workers(2, pool="threads", concurrency=16)
     t0 = time.monotonic()
-    report = c.jobs.submit_bodies(bodies(480, seed=21))  # ~3x what the quota admits
+    report = c.jobs.submit_bodies(bodies(600, seed=21))  # ~3x what the quota admits
     samples = []
     span: list[tuple[float, int]] = []  # (time, neighbour tokens) while sampling
     while not (status := c.jobs.status(report.job_id)).finished:
         assert time.monotonic() - t0 < 200, status
         time.sleep(0.5)
-        # Past a few time constants, and while quotaflow still has a backlog (at the
-        # end of the job the provider's bucket fills, which is not the neighbour's doing).
-        if time.monotonic() - t0 > 15 and status.counts["done"] < 0.8 * status.total:
+        # Past five time constants (the controller is critically damped: from a cold
+        # start it is 96% of the way there at 5T), and while quotaflow still has a
+        # backlog (at the end of the job the provider's bucket fills, which is not the
+        # neighbour's doing).
+        if time.monotonic() - t0 > 25 and status.counts["done"] < 0.85 * status.total:
             samples.append(current().gate.snapshot("sim").neighbour_tpm)
             span.append((time.monotonic(), sim.stats()["neighbour_tokens"]))
     assert len(span) >= 2, "the job finished before the estimate could be read"
@@ -48,8 +50,6 @@ def test_the_learned_rate_converges_on_the_neighbours(simulator, cluster) -> Non
           f"{learned:.0f} tpm, 429s {stats['refused_429']} of "
           f"{stats['requests_received']}")  # fmt: skip
     assert true_tpm > 0.9 * neighbour_tpm  # the neighbour got what it asked for
-    # 4-18% low in runs on a two-core host: the learned share is what the gate leaves
-    # free, and moments when the workers leave the gate idle (between two intakes)
-    # read as a smaller neighbour. Without learning it reads 0.
-    assert abs(learned - true_tpm) <= 0.25 * true_tpm
+    # Without learning it reads 0.
+    assert abs(learned - true_tpm) <= 0.10 * true_tpm
     assert stats["refused_429"] <= 0.01 * stats["requests_received"]
