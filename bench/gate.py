@@ -344,7 +344,7 @@ def render(results: list[Measurement], redis_version: str, rounds: int, duration
         "EVALSHA's own time inside redis-server over the measured interval (INFO "
         "commandstats); the rest of p50 is client code, the socket round trip and scheduling. "
         "Granted and booked run `reserve.lua` (TIME, HMGET of the rate state, MGET of the two "
-        "TATs, 2 SET PX, 2 HINCRBY of the units started); wait stops after the reads; "
+        "TATs, 2 SET PX; booked also sets its single-use marker); wait stops after the reads; "
         "`limits` runs its moving-window script (LINDEX, LPUSH, LTRIM, EXPIRE). With 2 "
         "processes the clients and redis-server share 2 cores, so totals show contention, "
         "not Redis's ceiling.",
