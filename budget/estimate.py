@@ -6,6 +6,7 @@ the output limit times the number of choices. This mirrors it (DESIGN.md, "Accou
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -181,8 +182,7 @@ def _tally_message(tally: _Tally, message: Any, where: str) -> None:
     role = message.get("role")
     if not isinstance(role, str):
         raise InvalidRequest(_wrong_type(f"{where}.role", role, "a string"))
-    tally.tokens += TOKENS_PER_MESSAGE
-    tally.text(role, chars=False)
+    tally.tokens += TOKENS_PER_MESSAGE + _role_tokens(tally.encoding, role)
     if message.get("content") is None and role != "assistant":  # tool calls may have none
         raise InvalidRequest(f"{where}.content is missing")
     # Like OpenAI's reference counter, every other field's value is part of the prompt.
@@ -200,6 +200,12 @@ def _tally_message(tally: _Tally, message: Any, where: str) -> None:
             tally.text(value)
         else:  # tool_calls, function_call, ...
             tally.json(value, f"{where}.{key}")
+
+
+@functools.lru_cache(maxsize=64)
+def _role_tokens(encoding: tiktoken.Encoding, role: str) -> int:
+    # A handful of roles, in every message: counted once.
+    return len(encoding.encode_ordinary(role))
 
 
 def _tally_content(tally: _Tally, content: Any, where: str) -> None:

@@ -15,7 +15,8 @@ from budget import InvalidRequest, NeverAdmissible
 from budget.estimate import estimate_request
 from budget.limits import check_admissible
 from pipeline.batchfile import URLS, BatchLine, LineError, output_error_line, read_batch
-from pipeline.recovery import Recovery, pending_request, send, send_all
+from pipeline.recovery import Recovery
+from pipeline.sending import pending_request, send, send_all
 from settings import Settings, SettingsError
 from tasks.jobstore import JobStatus, JobStore
 from tasks.metrics import check_tenant

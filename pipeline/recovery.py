@@ -5,10 +5,10 @@ publish cut short. quotaflow keeps every request (its body and task id, in the j
 `pending` hash) from the moment it is published until it finishes:
 
 - `quotaflow submit` writes them in chunks before publishing them in pipelined
-  batches (pipeline.jobs, `send_all`);
+  batches (pipeline.jobs, pipeline.sending's `send_all`);
 - any other publish of a quotaflow task (`complete.delay(...)`) is recorded by a
-  `before_task_publish` hook, on the publisher's side, before any worker can see
-  the message: one pipelined round trip per publish.
+  `before_task_publish` hook (pipeline.sending), on the publisher's side, before any
+  worker can see the message: one pipelined round trip per publish.
 
 Every worker (`celery -A pipeline worker`) runs a sweep thread. Every
 `recover_after_seconds / 2` one worker of the cluster (whoever sets the `due` key
@@ -47,16 +47,14 @@ from celery import signals
 from redis.lock import Lock
 
 from pipeline.broker import UNACKED_KEY, all_queues, queue_lists, raw_message_id
-from pipeline.messages import Batch, NoTemplate
+from pipeline.sending import send
 from settings import Settings
-from tasks import TASK_FOR_URL, runtime
+from tasks import runtime
 from tasks.errors import NotConfigured
-from tasks.jobstore import ADHOC_JOB, JobStore
+from tasks.jobstore import JobStore
 
 log = logging.getLogger(__name__)
 
-#: Message header: the publisher already kept this request (the hook skips it).
-H_RECORDED = "quotaflow_recorded"
 #: Most messages waiting in the queues that a sweep reads to find lost ones.
 SWEEP_MAX_WAITING = 5_000
 #: Most stale requests one sweep checks (oldest first).
@@ -66,119 +64,8 @@ SWEEP_MAX_SCANNED = 20_000
 _SCAN_STEP = 1_000
 #: The lock's expiry: a recovery that dies holding it frees it after this long.
 LOCK_SECONDS = 60.0
-#: Redis commands buffered before a batched publish sends them (two per message).
-BATCH_SIZE = 200
-#: What a batch published by `send_all` shares with `send(..., celery_result=False)`.
-_SUBMIT_OPTIONS = {"ignore_result": True, "headers": {H_RECORDED: True}}
 #: Gap between the two looks into the broker.
 LOOK_GAP_SECONDS = 1.0
-
-URL_FOR_TASK = {task.name: url for url, task in TASK_FOR_URL.items()}
-
-
-def pending_request(
-    url: str,
-    body: Any,
-    deployment: str | None,
-    tenant: str | None,
-    task_id: str,
-) -> dict[str, Any]:
-    """What is kept of a request until it finishes: enough to publish it again."""
-    return {"url": url, "body": body, "deployment": deployment, "tenant": tenant,
-            "task_id": task_id}  # fmt: skip
-
-
-def send(
-    job_id: str,
-    custom_id: str,
-    pending: dict[str, Any],
-    *,
-    celery_result: bool = True,
-    producer: Any = None,
-) -> None:
-    """Publish a kept request (its record is already written).
-
-    `celery_result=False` for requests whose result only the job store needs (a
-    submit, a replay): the worker writes no result-backend entry for them.
-    """
-    TASK_FOR_URL[pending["url"]].apply_async(
-        ignore_result=not celery_result,
-        producer=producer,
-        task_id=pending["task_id"],
-        args=(pending["body"],),
-        kwargs=_kwargs(job_id, custom_id, pending),
-        headers={H_RECORDED: True},
-    )
-
-
-def _kwargs(job_id: str, custom_id: str, pending: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "custom_id": custom_id,
-        "job_id": job_id,
-        "deployment": pending.get("deployment"),
-        "tenant": pending.get("tenant"),
-    }
-
-
-def send_all(
-    job_id: str, requests: dict[str, dict[str, Any]], *, celery_result: bool = True
-) -> None:
-    """Publish kept requests in batches, one round trip each (pipeline.messages; with
-    `celery_result`, or on a broker it cannot serve, Celery's path in pipelined kombu
-    batches of BATCH_SIZE commands). On return every message is in the broker; on an
-    exception, any may not be."""
-    if not requests:
-        return
-    task = TASK_FOR_URL[next(iter(requests.values()))["url"]]
-    if not celery_result and all(TASK_FOR_URL[r["url"]] is task for r in requests.values()):
-        with task.app.connection_for_write() as conn:
-            channel = conn.channel()
-            try:
-                batch = Batch(task.app, task, channel, options=_SUBMIT_OPTIONS)
-                batch.send(
-                    (r["task_id"], (r["body"],), _kwargs(job_id, cid, r))
-                    for cid, r in requests.items()
-                )
-                return
-            except NoTemplate as exc:
-                log.debug("publishing through Celery: %s", exc)
-            finally:
-                channel.close()
-    with task.app.producer_or_acquire() as producer, producer.batch(max_size=BATCH_SIZE):
-        for custom_id, pending in requests.items():
-            send(job_id, custom_id, pending, celery_result=celery_result, producer=producer)
-
-
-@signals.before_task_publish.connect
-def _record_publish(
-    sender: str | None = None,
-    body: Any = None,
-    headers: dict[str, Any] | None = None,
-    **_: Any,
-) -> None:
-    """Keep a request published outside `submit` (e.g. `complete.delay`) for recovery."""
-    url = URL_FOR_TASK.get(sender or "")
-    headers = headers or {}
-    if url is None or headers.get(H_RECORDED) or headers.get("retries"):
-        return  # not ours, kept already, or a retry/deferral of a kept request
-    try:
-        rt = runtime.current()
-    except NotConfigured:
-        return
-    try:
-        args, kwargs = body[0], body[1]
-        task_id = str(headers["id"])
-        req = args[0] if args else kwargs.get("body")
-        cid = kwargs.get("custom_id") or task_id
-        job = kwargs.get("job_id") or ADHOC_JOB
-        pending = pending_request(url, req, kwargs.get("deployment"), kwargs.get("tenant"),
-                                  task_id)  # fmt: skip
-        rt.jobs.record_published(job, cid, pending)
-    except (TypeError, KeyError, IndexError, AttributeError) as exc:
-        log.warning("not kept for recovery: unexpected %s message (%s)", sender, exc)
-    except redis.RedisError as exc:
-        log.warning("not kept for recovery (Redis: %s): %s %s", exc, sender, headers.get("id"))
-
 
 #: (job id, custom id) -> (state, touched), as read before looking in the broker.
 Candidates = dict[tuple[str, str], tuple[str, str]]

@@ -15,7 +15,7 @@ from support.workload import SIM, bodies
 from pipeline.app import app as celery_app
 from pipeline.broker import message_id, queue_lists, raw_message_id
 from pipeline.messages import Batch
-from pipeline.recovery import H_RECORDED, pending_request, send
+from pipeline.sending import H_RECORDED, pending_request, send
 from tasks import complete
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
