@@ -32,7 +32,7 @@ from celery import Celery, Task
 from kombu.utils.json import JSONEncoder
 from kombu.utils.json import dumps as kombu_dumps
 
-from budget.store import bulk
+from budget.store import command, execute_packed
 from pipeline.publish import message_reprs, route_task
 from tasks.metrics import check_tenant
 
@@ -47,11 +47,6 @@ _PUBLISH_ALL = "for i = 2, #ARGV do redis.call('PUBLISH', ARGV[1], ARGV[i]) end 
 #: kombu's json serializer is `json.dumps(obj, cls=JSONEncoder)`: one encoder with the
 #: same (default) options, instead of one built per call.
 _ENCODE = JSONEncoder().encode
-
-
-def _command(*args: bytes) -> bytes:
-    """One Redis command as RESP, packed at once (redis-py packs argument by argument)."""
-    return b"*%d\r\n" % len(args) + b"".join(map(bulk, args))
 
 
 class NoTemplate(Exception):
@@ -207,9 +202,9 @@ class Batch:
             by_key.setdefault(template.key, []).append(message.encode())
             if event is not None:
                 events.setdefault(template.topics, []).append(event.encode())
-        commands = [_command(b"LPUSH", key.encode(), *values) for key, values in by_key.items()]
+        commands = [command(b"LPUSH", key.encode(), *values) for key, values in by_key.items()]
         commands += [
-            _command(b"EVAL", _PUBLISH_ALL.encode(), b"0", topic.encode(), *sent)
+            command(b"EVAL", _PUBLISH_ALL.encode(), b"0", topic.encode(), *sent)
             for topics, sent in events.items()
             for topic in topics
         ]
@@ -217,16 +212,7 @@ class Batch:
         return sum(map(len, by_key.values()))
 
     def _execute(self, commands: list[bytes]) -> None:
-        """Send the commands in one round trip on a connection of the broker's pool."""
+        """Send the commands in one round trip on a connection of the broker's pool
+        (never twice: an LPUSH sent again would queue its messages again)."""
         with self.channel.conn_or_acquire() as client:
-            pool = client.connection_pool
-            conn = pool.get_connection()
-            try:
-                conn.send_packed_command(commands)
-                for _ in commands:
-                    conn.read_response()  # an error reply raises
-            except BaseException:
-                conn.disconnect()  # replies may be left unread: never reuse it
-                raise
-            finally:
-                pool.release(conn)
+            execute_packed(client, commands, retry=False)
