@@ -75,7 +75,7 @@ def quotaflow_settings(ctx: Context, variants: list[AzureVariant]) -> Settings:
     d = {name: f.default for name, f in Settings.model_fields.items()}
     scaled = (
         "booking_horizon_seconds", "backoff_base_seconds", "backoff_cap_seconds",
-        "defer_jitter_seconds", "max_defer_seconds",
+        "defer_jitter_seconds", "max_defer_seconds", "intake_poll_seconds",
     )  # fmt: skip
     return Settings(
         redis_url=ctx.redis_url,

@@ -5,7 +5,7 @@ New requests go to their deployment's queue (`<queue>.<deployment>`, see
 pipeline.publish.route_task). A worker that consumes the main queue consumes every
 deployment's queue too (`celery -A pipeline worker -Q quotaflow,quotaflow.retry` is
 enough). `Backlog`, a step of the worker's consumer, reads each deployment's gate
-every `POLL_SECONDS` and stops taking from its queue while the deployment is booked
+every `intake_poll_seconds` and stops taking from its queue while the deployment is booked
 more than `pause_seconds` ahead, taking from it again once it is not. The paused
 requests wait in Redis in order (FIFO), count as queued, and cost nothing; a
 request that is taken can start at once or nearly so, and runs from its first
@@ -41,8 +41,6 @@ from pipeline.broker import deployment_queues
 
 log = logging.getLogger(__name__)
 
-#: How often each worker reads the gates of the deployments it consumes for.
-POLL_SECONDS = 0.25
 #: Seconds a gate read may take before this poll gives up (the consumer's loop waits).
 READ_TIMEOUT_SECONDS = 0.5
 #: Seconds between two warnings that the gates cannot be read.
@@ -79,6 +77,7 @@ class Backlog(bootsteps.StartStopStep):  # type: ignore[misc]
         self.lanes: dict[str, _Lane] = {}
         self.by_queue: dict[str, _Lane] = {}
         self.pause_seconds = 0.0
+        self.poll_seconds = 0.0
         self._warned = 0.0
         settings = installed.settings
         if settings is None or settings.redis_url is None:
@@ -105,6 +104,7 @@ class Backlog(bootsteps.StartStopStep):  # type: ignore[misc]
         # booking within inline_seconds is not deferred), and what one poll's
         # credit overshoots still fits within the booking horizon.
         self.pause_seconds = min(self.gate.inline_seconds / 2, settings.booking_horizon_seconds / 4)
+        self.poll_seconds = settings.intake_poll_seconds
 
     def start(self, c: Any) -> None:
         if not self.lanes:
@@ -113,7 +113,7 @@ class Backlog(bootsteps.StartStopStep):  # type: ignore[misc]
         for name in list(c.strategies):
             if name.startswith("quotaflow."):
                 c.strategies[name] = self._counting(c, c.strategies[name])
-        self.tref = c.timer.call_repeatedly(POLL_SECONDS, self.poll, (c,), priority=10)
+        self.tref = c.timer.call_repeatedly(self.poll_seconds, self.poll, (c,), priority=10)
 
     def stop(self, c: Any) -> None:
         if self.tref is not None:
@@ -149,7 +149,7 @@ class Backlog(bootsteps.StartStopStep):  # type: ignore[misc]
             ahead = max(booked, cooling)
             # A cooldown moves the buckets by its length: not what messages book.
             self._learn(lane, ahead, usable=cooling <= 0)
-            room = self.pause_seconds + POLL_SECONDS - ahead
+            room = self.pause_seconds + self.poll_seconds - ahead
             if lane.cost is None:
                 # Nothing learned yet: with room now the burst takes what it can; once
                 # the deployment is booked ahead, one message per poll until the cost

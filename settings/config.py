@@ -95,6 +95,10 @@ class Settings(BaseSettings):
     defer_jitter_seconds: float = Field(default=2.0, ge=0)
     #: Longest a deferral may wait; the gate's hint is capped to this.
     max_defer_seconds: PositiveFloat = 300.0
+    #: How often each worker reads the gates of the deployments whose queues it
+    #: consumes, to pause a queue while its deployment is booked ahead
+    #: (pipeline/backlog.py). Quota left unused between two reads is at most this long.
+    intake_poll_seconds: PositiveFloat = 0.25
     #: How long a task holds its message waiting for an unreachable Redis (the gate
     #: fails closed) before giving up on this delivery.
     budget_outage_wait_seconds: PositiveFloat = 300.0
