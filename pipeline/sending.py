@@ -86,11 +86,13 @@ def send_all(
         return
     task = TASK_FOR_URL[next(iter(requests.values()))["url"]]
     if not celery_result and all(TASK_FOR_URL[r["url"]] is task for r in requests.values()):
-        # A pooled connection's channel: a new connection per chunk costs ~10 ms.
+        # A pooled connection (a new one per chunk costs ~10 ms), a channel of our own
+        # (the default one may hold expiring reply queues, which no template covers).
         with task.app.pool.acquire(block=True) as conn:
+            channel = conn.channel()
             try:
                 batch = Batch(
-                    task.app, task, conn.default_channel, options=_SUBMIT_OPTIONS,
+                    task.app, task, channel, options=_SUBMIT_OPTIONS,
                     templates=_templates(task),
                 )  # fmt: skip
                 batch.send(
@@ -100,6 +102,8 @@ def send_all(
                 return
             except NoTemplate as exc:
                 log.debug("publishing through Celery: %s", exc)
+            finally:
+                channel.close()
     with task.app.producer_or_acquire() as producer, producer.batch(max_size=BATCH_SIZE):
         for custom_id, pending in requests.items():
             send(job_id, custom_id, pending, celery_result=celery_result, producer=producer)
