@@ -15,6 +15,7 @@ from budget import InvalidRequest, NeverAdmissible
 from budget.estimate import estimate_request
 from budget.limits import check_admissible
 from pipeline.batchfile import URLS, BatchLine, LineError, output_error_line, read_batch
+from pipeline.messages import Template
 from pipeline.recovery import Recovery
 from pipeline.sending import pending_request, send, send_all
 from settings import Settings, SettingsError
@@ -107,6 +108,8 @@ class Jobs:
         self.store.create(report.job_id, meta={**(meta or {}), "tenant": tenant or ""})
         chunk: list[tuple[BatchLine, int]] = []
         unsent: list[str] = []
+        # Each task's message per queue, made once per submit (pipeline.messages).
+        templates: dict[str, dict[str, Template]] = {}
         for item in lines:
             if isinstance(item, LineError):
                 self._reject(report, item)
@@ -117,10 +120,12 @@ class Jobs:
                 continue
             chunk.append((item, cost))
             if len(chunk) >= _PUBLISH_CHUNK:
-                unsent += self._publish(report, chunk, deployment, tenant, celery_results)
+                unsent += self._publish(
+                    report, chunk, deployment, tenant, celery_results, templates
+                )
                 chunk = []
         if chunk:
-            unsent += self._publish(report, chunk, deployment, tenant, celery_results)
+            unsent += self._publish(report, chunk, deployment, tenant, celery_results, templates)
         if unsent:
             recovery = Recovery(self.settings, self.store)
             report.resumed = recovery.resend_unsent(report.job_id, unsent)
@@ -135,6 +140,7 @@ class Jobs:
         deployment: str | None,
         tenant: str | None,
         celery_results: bool,
+        templates: dict[str, dict[str, Template]],
     ) -> list[str]:
         """Publish the chunk's new requests; returns the known ones an interrupted
         submit of this job had marked unsent (the caller checks them in the broker)."""
@@ -154,7 +160,7 @@ class Jobs:
         # worker finds its request known, and a kill mid-chunk leaves the mark.
         self.store.begin_publish(job_id, pending)
         self.store.add_queued(job_id, list(pending), estimated=sum(c for _, c in fresh))
-        send_all(job_id, pending, celery_result=celery_results)
+        send_all(job_id, pending, celery_result=celery_results, templates=templates)
         report.submitted += len(fresh)
         report.tokens_estimated += sum(cost for _, cost in fresh)
         self.store.end_publish(job_id, pending)

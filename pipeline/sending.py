@@ -13,7 +13,7 @@ import logging
 from typing import Any
 
 import redis
-from celery import Task, signals
+from celery import signals
 
 from pipeline.messages import Batch, NoTemplate, Template
 from tasks import TASK_FOR_URL, runtime
@@ -76,12 +76,17 @@ def _kwargs(job_id: str, custom_id: str, pending: dict[str, Any]) -> dict[str, A
 
 
 def send_all(
-    job_id: str, requests: dict[str, dict[str, Any]], *, celery_result: bool = True
+    job_id: str,
+    requests: dict[str, dict[str, Any]],
+    *,
+    celery_result: bool = True,
+    templates: dict[str, dict[str, Template]] | None = None,
 ) -> None:
     """Publish kept requests in batches, one round trip each (pipeline.messages; with
     `celery_result`, or on a broker it cannot serve, Celery's path in pipelined kombu
     batches of BATCH_SIZE commands). On return every message is in the broker; on an
-    exception, any may not be."""
+    exception, any may not be. A caller sending many chunks passes one `templates`
+    dict (task name -> queue -> template) to every call, so each is made once."""
     if not requests:
         return
     task = TASK_FOR_URL[next(iter(requests.values()))["url"]]
@@ -93,7 +98,7 @@ def send_all(
             try:
                 batch = Batch(
                     task.app, task, channel, options=_SUBMIT_OPTIONS,
-                    templates=_templates(task),
+                    templates=None if templates is None else templates.setdefault(task.name, {}),
                 )  # fmt: skip
                 batch.send(
                     (r["task_id"], (r["body"],), _kwargs(job_id, cid, r))
@@ -107,15 +112,6 @@ def send_all(
     with task.app.producer_or_acquire() as producer, producer.batch(max_size=BATCH_SIZE):
         for custom_id, pending in requests.items():
             send(job_id, custom_id, pending, celery_result=celery_result, producer=producer)
-
-
-#: Message templates of submits, per (app, broker, task): made once per process.
-_TEMPLATES: dict[tuple[int, str, str], dict[str, Template]] = {}
-
-
-def _templates(task: Task) -> dict[str, Template]:
-    app = task.app
-    return _TEMPLATES.setdefault((id(app), str(app.conf.broker_url), task.name), {})
 
 
 @signals.before_task_publish.connect

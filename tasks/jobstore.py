@@ -122,21 +122,11 @@ class JobStore:
             return
         k = self.keys(job_id)
         ids = [cid.encode() for cid in requests]
-        now = repr(time.time()).encode()
-        pending: list[bytes] = []
-        touched: list[bytes] = []
-        for cid, request in zip(ids, requests.values(), strict=True):
-            pending += (cid, json.dumps(request, separators=(",", ":")).encode())
-            touched += (cid, now)
-        # Packed at once: redis-py's per-argument packing cost more than the rest of
-        # a submit's job-store writes (a chunk is thousands of arguments).
         execute_packed(
             self.client,
             [
                 command(b"MULTI"),
-                *(command(b"PERSIST", key.encode()) for key in k.all()),
-                command(b"HSET", k.pending.encode(), *pending),
-                command(b"HSET", k.touched.encode(), *touched),
+                *_keep_pending(k, requests),
                 command(b"SADD", k.unsent.encode(), *ids),
                 command(b"EXEC"),
             ],
@@ -178,9 +168,7 @@ class JobStore:
         """Keep each request until it finishes, so a lost message can be sent again."""
         if not requests:
             return
-        pipe = self.client.pipeline(transaction=False)
-        _keep_pending(pipe, self.keys(job_id), requests)
-        pipe.execute()
+        execute_packed(self.client, _keep_pending(self.keys(job_id), requests), retry=True)
 
     def stale(
         self, job_id: str, *, older_than: float, limit: int | None = None
@@ -395,9 +383,19 @@ def _persist(pipe: Any, k: JobKeys) -> None:
         pipe.persist(key)
 
 
-def _keep_pending(pipe: Any, k: JobKeys, requests: dict[str, dict[str, Any]]) -> None:
-    """Keep each request's body until it finishes, touched now."""
-    _persist(pipe, k)
-    bodies = {cid: json.dumps(r, separators=(",", ":")) for cid, r in requests.items()}
-    pipe.hset(k.pending, mapping=bodies)
-    pipe.hset(k.touched, mapping=dict.fromkeys(requests, repr(time.time())))
+def _keep_pending(k: JobKeys, requests: dict[str, dict[str, Any]]) -> list[bytes]:
+    """Commands that keep each request's body until it finishes, touched now (and the
+    job from expiring). Packed at once: redis-py's per-argument packing cost more than
+    the rest of a submit's job-store writes (a chunk is thousands of arguments)."""
+    now = repr(time.time()).encode()
+    pending: list[bytes] = []
+    touched: list[bytes] = []
+    for cid, request in requests.items():
+        key = cid.encode()
+        pending += (key, json.dumps(request, separators=(",", ":")).encode())
+        touched += (key, now)
+    return [
+        *(command(b"PERSIST", key.encode()) for key in k.all()),
+        command(b"HSET", k.pending.encode(), *pending),
+        command(b"HSET", k.touched.encode(), *touched),
+    ]
