@@ -82,6 +82,8 @@ def quotaflow_settings(ctx: Context, variants: list[AzureVariant]) -> Settings:
         key_prefix="qfbench",
         deployments=deps,
         **{name: d[name] / s.scale for name in scaled},
+        # A rate per second: compressed time regains it faster.
+        rate_regain_per_second=d["rate_regain_per_second"] * s.scale,
     )
 
 
@@ -137,10 +139,10 @@ def warm_quotaflow(ctx: Context, settings: Settings, workers: int) -> None:
     jobs = Jobs(settings, rt.jobs)
     ctx.sim.configure(policy="openai")
     ctx.sim.reset()
-    kinds = {dep.kind: dep.name for dep in reversed(settings.deployments)}  # one of each
+    # Every deployment: each has its own SDK client and connections in each process.
     ids = [
-        jobs.submit_bodies([WARMUP_BODY] * (8 * workers), deployment=name).job_id
-        for name in kinds.values()
+        jobs.submit_bodies([WARMUP_BODY] * (8 * workers), deployment=dep.name).job_id
+        for dep in settings.deployments
     ]
     deadline = time.time() + 60
     while time.time() < deadline and not all(jobs.status(j).finished for j in ids):

@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 READ_TIMEOUT_SECONDS = 0.5
 #: Seconds between two warnings that the gates cannot be read.
 WARN_EVERY_SECONDS = 30.0
+#: While a queue is paused, the Redis transport's blocking pop returns at least this
+#: often (see `Backlog._pickup`), and at most as often as the gates are read.
+PICKUP_FLOOR_SECONDS = 0.05
 
 
 @dataclass
@@ -78,6 +81,8 @@ class Backlog(bootsteps.StartStopStep):  # type: ignore[misc]
         self.by_queue: dict[str, _Lane] = {}
         self.pause_seconds = 0.0
         self.poll_seconds = 0.0
+        #: Whether the broker's Redis takes fractional BRPOP timeouts (6.0 and later).
+        self._fractional: bool | None = None
         self._warned = 0.0
         settings = installed.settings
         if settings is None or settings.redis_url is None:
@@ -99,7 +104,12 @@ class Backlog(bootsteps.StartStopStep):  # type: ignore[misc]
             socket_timeout=READ_TIMEOUT_SECONDS,
             socket_connect_timeout=READ_TIMEOUT_SECONDS,
         )
-        self.gate = Gate(self.client, settings.deployments, key_prefix=settings.key_prefix)
+        self.gate = Gate(
+            self.client,
+            settings.deployments,
+            key_prefix=settings.key_prefix,
+            rate_regain_per_second=settings.rate_regain_per_second,
+        )
         # Below this, a request taken now starts at once or waits in place (a
         # booking within inline_seconds is not deferred), and what one poll's
         # credit overshoots still fits within the booking horizon.
@@ -168,6 +178,20 @@ class Backlog(bootsteps.StartStopStep):  # type: ignore[misc]
             elif not consuming and ahead <= self.pause_seconds and lane.credit >= 1:
                 consumer.add_queue(c.app.amqp.queues[lane.queue])
                 consumer.consume()
+        self._pickup(consumer)
+
+    def _pickup(self, consumer: Any) -> None:
+        """While a queue is paused, keep the broker's blocking pop short (see `pickup`)."""
+        if self._fractional is None:
+            try:
+                assert self.client is not None
+                major = int(str(self.client.info("server")["redis_version"]).split(".")[0])
+            except (redis.RedisError, KeyError, ValueError):
+                return  # asked again at the next poll
+            self._fractional = major >= 6
+        paused = any(not consumer.consuming_from(lane.queue) for lane in self.lanes.values())
+        short = max(self.poll_seconds, PICKUP_FLOOR_SECONDS)
+        pickup(consumer, short if paused and self._fractional else None)
 
     @staticmethod
     def _learn(lane: _Lane, ahead: float, *, usable: bool) -> None:
@@ -198,3 +222,18 @@ class Backlog(bootsteps.StartStopStep):  # type: ignore[misc]
                 log.warning("backlog: cannot read the gate of %s: %s", deployment, exc)
             return None
         return snap.booked_ahead_seconds, snap.cooldown_seconds
+
+
+def pickup(consumer: Any, seconds: float | None) -> None:
+    """Have the Redis transport's blocking pop return within `seconds` (None: its own
+    timeout, 1 s by default).
+
+    The transport sends each BRPOP for the queues consumed when it is sent: a queue
+    resumed while one waits is read only after it returns, and all workers' pops,
+    started by one burst, return together. Left at 1 s, the gate would stand idle that
+    long on a resume. A broker that delivers on its own (AMQP) has no such wait.
+    """
+    channel = consumer.channel
+    default = getattr(channel.connection, "brpop_timeout", None)
+    if default is not None and hasattr(channel, "brpop_timeout"):
+        channel.brpop_timeout = default if seconds is None else seconds

@@ -78,6 +78,9 @@ class Settings(BaseSettings):
     #: Longest a provider 429 stops a deployment for every worker, whatever its
     #: retry-after says (a proxy may send hours).
     max_cooldown_seconds: PositiveFloat = 60.0
+    #: After a provider 429 lowers a deployment's rate, the share of its configured
+    #: rate that comes back per second (0.02: from x0.85 to the full rate in 7.5 s).
+    rate_regain_per_second: PositiveFloat = 0.02
     #: Neighbour learning (clients on the same key that do not ask the gate): the gate
     #: holds `neighbour_reserve` of the provider's bucket left, as its
     #: x-ratelimit-remaining-* headers report it, by leaving free the share others

@@ -71,6 +71,7 @@ def current() -> Runtime:
             horizon_seconds=_settings.booking_horizon_seconds,
             admission_log=_settings.admission_log,
             max_cooldown_seconds=_settings.max_cooldown_seconds,
+            rate_regain_per_second=_settings.rate_regain_per_second,
             neighbour_learning=_settings.neighbour_learning,
             neighbour_smoothing_seconds=_settings.neighbour_smoothing_seconds,
             neighbour_sample_seconds=_settings.neighbour_sample_seconds,
