@@ -124,12 +124,14 @@ def render(ctx: Context, runtime_s: float, plots: Sequence[str]) -> str:
         f"- Workers: {', '.join(map(str, s.workers))} worker processes, each `celery worker "
         f"-P threads -c {s.concurrency}` (prefork would mean up to "
         f"{max(s.workers) * s.concurrency} processes on 2 cores). Each fleet is warmed up with "
-        "a few tiny requests first (tiktoken, clients), as long-lived workers are. Workers "
+        "a few tiny requests to every deployment first (tiktoken, clients), as long-lived "
+        "workers are. Workers "
         "and the pacer run at `nice 10`: the submitter, Redis and the simulator stand for "
         "other machines (the client's, the provider's) and should not queue behind them.",
         "- quotaflow: `celery -A pipeline worker`, `Jobs.submit_bodies`, quotaflow's default "
         "settings with the time-like ones divided by the compression (booking horizon, "
-        "backoff base and cap, deferral jitter, longest deferral); `late_tolerance_seconds` "
+        "backoff base and cap, deferral jitter, longest deferral, intake poll), and the rate "
+        "regained per second after a 429 multiplied by it; `late_tolerance_seconds` "
         "(2 s) and the 1 s inline-wait threshold of `tasks/base.py` are absolute and left "
         "alone. OpenAI: two settings, `burst_seconds` = the provider's bucket (60 s) and "
         'quotaflow\'s default (if different). Azure: `limiter = "window"` (the default for '
