@@ -45,9 +45,8 @@ log = logging.getLogger(__name__)
 READ_TIMEOUT_SECONDS = 0.5
 #: Seconds between two warnings that the gates cannot be read.
 WARN_EVERY_SECONDS = 30.0
-#: While a window deployment's queue is paused, the Redis transport's blocking pop
-#: returns at least this often (see `Backlog._pickup`), and at most as often as the
-#: gates are read.
+#: While a queue is paused, the Redis transport's blocking pop returns at least this
+#: often (see `Backlog._pickup`), and at most as often as the gates are read.
 PICKUP_FLOOR_SECONDS = 0.05
 
 
@@ -56,9 +55,6 @@ class _Lane:
     """One deployment's queue, as this worker's consumer takes from it."""
 
     queue: str
-    #: The deployment's limiter is a window: quota it leaves unused is gone (a bucket
-    #: keeps it for later).
-    window: bool = False
     #: Messages this worker may still take before the next poll.
     credit: float = math.inf
     #: Messages taken since the last poll.
@@ -97,9 +93,8 @@ class Backlog(bootsteps.StartStopStep):  # type: ignore[misc]
             for name in deployment_queues(settings).values():
                 if name not in queues.consume_from:
                     queues.select_add(queues[name])
-        windows = {dep.name for dep in settings.deployments if dep.limiter == "window"}
         self.lanes = {
-            dep: _Lane(q, window=dep in windows)
+            dep: _Lane(q)
             for dep, q in deployment_queues(settings).items()
             if q in queues.consume_from
         }
@@ -186,10 +181,7 @@ class Backlog(bootsteps.StartStopStep):  # type: ignore[misc]
         self._pickup(consumer)
 
     def _pickup(self, consumer: Any) -> None:
-        """While a window deployment's queue is paused, keep the broker's blocking pop
-        short (see `pickup`): a window's allowance left unused while its queue waits is
-        lost. A bucket keeps what a late resume leaves unused, so for bucket lanes the
-        transport's own timeout stands (and no extra pops are sent)."""
+        """While a queue is paused, keep the broker's blocking pop short (see `pickup`)."""
         if self._fractional is None:
             try:
                 assert self.client is not None
@@ -197,9 +189,7 @@ class Backlog(bootsteps.StartStopStep):  # type: ignore[misc]
             except (redis.RedisError, KeyError, ValueError):
                 return  # asked again at the next poll
             self._fractional = major >= 6
-        paused = any(
-            lane.window and not consumer.consuming_from(lane.queue) for lane in self.lanes.values()
-        )
+        paused = any(not consumer.consuming_from(lane.queue) for lane in self.lanes.values())
         short = max(self.poll_seconds, PICKUP_FLOOR_SECONDS)
         pickup(consumer, short if paused and self._fractional else None)
 
