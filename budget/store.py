@@ -30,6 +30,7 @@ _SCRIPTS = (
     "redeem",
     "window",
     "window_push",
+    "window_sync",
 )
 #: Error replies that mean "not now" (a restart, a failover, a long script): they
 #: pass, so the gate fails closed and waits. Any other error is a fault to report.
@@ -107,8 +108,13 @@ def execute_packed(client: redis.Redis, commands: Sequence[bytes], *, retry: boo
         pool.release(conn)
 
 
-def _load(name: str) -> str:
+def _read(name: str) -> str:
     return resources.files("budget").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
+
+
+def _load(name: str) -> str:
+    # Lua has no includes: what several scripts share comes first in each.
+    return _read("common") + "\n" + _read(name)
 
 
 class ScriptStore:
@@ -188,10 +194,11 @@ class ScriptStore:
             raise BudgetUnavailable(f"budget store unreachable ({exc})") from exc
         return sec + usec / 1e6
 
-    def zrange(self, key: str) -> list[tuple[bytes, float]]:
-        """A sorted set's members with their scores, lowest first."""
+    def zrange(self, key: str, *, after: int | None = None) -> list[tuple[bytes, float]]:
+        """A sorted set's members (scored above `after`), with their scores, lowest first."""
+        low = "-inf" if after is None else f"({after}"
         try:
-            pairs: Any = self.client.zrange(key, 0, -1, withscores=True)
+            pairs: Any = self.client.zrangebyscore(key, low, "+inf", withscores=True)
             return [(m if isinstance(m, bytes) else str(m).encode(), float(s)) for m, s in pairs]
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise BudgetUnavailable(f"budget store unreachable ({exc})") from exc

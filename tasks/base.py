@@ -211,7 +211,7 @@ class BudgetedTask(Task):  # type: ignore[misc]
         d.metric("provider_responses_total", status=str(reply.status))
         try:
             rt.gate.settle(reservation, actual_tokens=reply.prompt_tokens + reply.completion_tokens)
-            rt.gate.observe(dep.name, reply.headers)
+            rt.gate.observe(dep.name, reply.headers, sent_at=reservation.start_at)
         except BudgetError as exc:
             # The call is done and paid for: keep its result; the budget correction is lost.
             log.error("could not settle %s: %s", reservation.id, exc)
