@@ -140,8 +140,12 @@ def test_edge_the_gates_own_first_burst_is_no_neighbour(redis_client: redis.Redi
     for _ in range(int(dep.token_capacity) // 1000):
         assert gate.reserve("oa", tokens=1000).outcome is Outcome.GRANTED
     # The provider holds a minute: the burst left it 60 - 58 = 2 s of quota.
-    headers = {"x-ratelimit-limit-tokens": "30000", "x-ratelimit-remaining-tokens": "1000",
-               "x-ratelimit-limit-requests": "500", "x-ratelimit-remaining-requests": "471"}  # fmt: skip
+    headers = {
+        "x-ratelimit-limit-tokens": "30000",
+        "x-ratelimit-remaining-tokens": "1000",
+        "x-ratelimit-limit-requests": "500",
+        "x-ratelimit-remaining-requests": "471",
+    }
     for _ in range(6):
         gate.observe("oa", headers)
     snap = gate.snapshot("oa")
