@@ -20,6 +20,7 @@ import redis
 from redis.exceptions import NoScriptError
 
 from budget.errors import BudgetError, BudgetStoreError, BudgetUnavailable
+from budget.resp import bulk
 
 _SCRIPTS = (
     "reserve",
@@ -43,11 +44,6 @@ _PASSING = (
 )
 
 
-def bulk(value: bytes) -> bytes:
-    """One RESP bulk string."""
-    return b"$%d\r\n%b\r\n" % (len(value), value)
-
-
 def _arg(value: str | int | float) -> bytes:
     return (value if isinstance(value, str) else repr(value)).encode()
 
@@ -65,47 +61,6 @@ class Packer:
     def run(*values: str | int | float) -> bytes:
         """Fixed arguments, packed once."""
         return b"".join(bulk(_arg(v)) for v in values)
-
-
-def command(*args: bytes) -> bytes:
-    """One Redis command as RESP, packed at once (redis-py packs argument by argument:
-    for commands of hundreds of arguments, most of their client cost)."""
-    return b"*%d\r\n" % len(args) + b"".join(map(bulk, args))
-
-
-def execute_packed(client: redis.Redis, commands: Sequence[bytes], *, retry: bool) -> list[Any]:
-    """Send packed commands in one round trip on a connection of `client`'s pool and
-    return their replies in order; an error reply raises (inside MULTI/EXEC too).
-
-    With `retry` (idempotent commands only), a connection that fails is dropped and
-    the whole batch goes again under the client's retry policy, as redis-py would.
-    """
-
-    def once() -> list[Any]:
-        conn.send_packed_command(commands)
-        replies = [conn.read_response() for _ in commands]
-        for reply in replies:
-            if isinstance(reply, list):
-                for item in reply:
-                    if isinstance(item, Exception):
-                        raise item
-        return replies
-
-    pool = client.connection_pool
-    conn = pool.get_connection()
-    try:
-        try:
-            return once()
-        except (redis.ConnectionError, redis.TimeoutError):
-            if not retry:
-                raise
-            conn.disconnect()
-            return conn.retry.call_with_retry(once, lambda _: conn.disconnect())  # type: ignore[no-any-return]
-    except BaseException:
-        conn.disconnect()  # replies may be left unread: never reuse it out of step
-        raise
-    finally:
-        pool.release(conn)
 
 
 def _read(name: str) -> str:

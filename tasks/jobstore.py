@@ -14,7 +14,7 @@ from typing import Any
 
 import redis
 
-from budget.store import command, execute_packed
+from budget.resp import command, execute_packed
 from tasks.jobstate import (  # noqa: F401  - re-exported: callers import them from here
     ADHOC_JOB,
     RETENTION_SECONDS,
