@@ -284,6 +284,8 @@ def print_rejected(report: SubmitReport, limit: int = 10) -> None:
 def budget_view(rt: Runtime) -> Group:
     """Per deployment: the gate's state now, and what happened in the last minute."""
     recent: dict[str, dict[str, float]] = {}
+    # The counters are kept per clock minute: the last two cover 60-120 s.
+    since = time.strftime("%H:%M", time.localtime((time.time() // 60 - 1) * 60))
     for raw, value in rt.metrics.last_minute().items():
         name, labels = parse_field(raw)
         per = recent.setdefault(labels.get("deployment", ""), {})
@@ -336,10 +338,11 @@ def budget_view(rt: Runtime) -> Group:
         "gate use of the key; gate: what the gate admits now",
     )
     last_table = _table(
-        "last minute*",
+        f"since {since}:00*",
         ["deployment", "deferrals", "429s", "granted", "booked", "wait", "never"],
         last,
-        "* in this clock minute and the one before; granted ... never: the gate's answers",
+        "* the previous clock minute and this one so far (counts are kept per minute); "
+        "granted, booked, wait, never: the gate's answers",
     )
     depth = queue_depth(rt.redis, rt.settings)
     return Group(

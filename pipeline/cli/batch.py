@@ -13,7 +13,7 @@ import typer
 from rich.markup import escape
 
 from budget import QuotaflowError
-from pipeline.batchfile import BatchFileError, BatchLine, read_batch
+from pipeline.batchfile import BatchLine, check_batch_path, read_batch
 from pipeline.cli.options import (
     POOLS,
     BatchArg,
@@ -62,8 +62,7 @@ def _write_remaining(batch: Path, done: set[str], path: Path) -> int:
 
 
 def _check_batch(batch: Path) -> None:
-    if not batch.is_file():
-        raise BatchFileError(f"batch file not found: {batch}")
+    check_batch_path(batch)
 
 
 def _check_output(output: Path) -> None:
