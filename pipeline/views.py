@@ -19,7 +19,7 @@ from rich.text import Text
 
 from pipeline.broker import queue_depth
 from pipeline.console import console
-from pipeline.jobs import Jobs, SubmitReport
+from pipeline.jobs import CancelReport, Jobs, SubmitReport
 from pipeline.local import LocalWorkers
 from tasks.jobstore import JobStatus
 from tasks.metrics import parse_field
@@ -268,6 +268,23 @@ def recover_line(jobs: Jobs, job_id: str, *, sent: int, again: str) -> Text:
         )
     if not quiet:
         parts.append("no unfinished request of this job can be sent again by quotaflow")
+    return Text("; ".join(parts))
+
+
+def cancel_line(report: CancelReport, *, replay: str, results: str) -> Text:
+    """What `quotaflow cancel` did, and what it kept."""
+    parts = [
+        f"job {report.job_id}: {report.cancelled} waiting requests cancelled (nothing was "
+        f"sent for them; dead-lettered as `cancelled`: `{replay}` sends them again)",
+        f"{report.done} done kept (`{results}`)",
+    ]
+    if report.running:
+        parts.append(f"{report.running} running now finish and are kept")
+    if report.not_kept:
+        parts.append(
+            f"{report.not_kept} waiting requests were published without a kept copy and "
+            "could not be cancelled: they run"
+        )
     return Text("; ".join(parts))
 
 

@@ -15,7 +15,15 @@ from pipeline.cli.options import JobArg, cluster, cmd
 from pipeline.console import console
 from pipeline.embedded import sigterm_as_interrupt
 from pipeline.jobs import Jobs
-from pipeline.views import budget_view, follow, job_table, jobs_table, queue_line, recover_line
+from pipeline.views import (
+    budget_view,
+    cancel_line,
+    follow,
+    job_table,
+    jobs_table,
+    queue_line,
+    recover_line,
+)
 
 
 def status(
@@ -43,6 +51,17 @@ def replay(job: JobArg) -> None:
     replayed, skipped = Jobs(rt.settings, rt.jobs).replay(job)
     console.print(f"job {escape(job)}: {replayed} requests resubmitted, {skipped} not "
                   "replayable (invalid input lines)")  # fmt: skip
+
+
+def cancel(job: JobArg) -> None:
+    """Stop a job's waiting requests; what is done is kept, calls in flight finish.
+
+    Cancelled requests are dead-lettered `cancelled`: `quotaflow replay` sends them again.
+    """
+    rt = cluster()
+    report = Jobs(rt.settings, rt.jobs).cancel(job)
+    console.print(cancel_line(report, replay=cmd("replay", job), results=cmd("results", job)),
+                  soft_wrap=True)  # fmt: skip
 
 
 def recover(job: JobArg) -> None:

@@ -48,8 +48,9 @@ def _root(
     ] = None,
     version: Annotated[
         bool,
-        typer.Option("--version", help="print the version and exit", callback=_version,
-                     is_eager=True),
+        typer.Option(
+            "--version", help="print the version and exit", callback=_version, is_eager=True
+        ),
     ] = False,  # fmt: skip
 ) -> None:
     state.config = config
@@ -61,6 +62,7 @@ cli.command()(cluster.status)
 cli.command()(batch.results)
 cli.command()(cluster.replay)
 cli.command()(cluster.recover)
+cli.command()(cluster.cancel)
 cli.command()(cluster.budget)
 # Its flags are the simulator's own (argparse): typer passes them through untouched.
 cli.command(
