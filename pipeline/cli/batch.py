@@ -21,6 +21,7 @@ from pipeline.cli.options import (
     JobArg,
     JobIdOpt,
     TenantOpt,
+    check_pool,
     cluster,
     cmd,
     current_settings,
@@ -99,8 +100,7 @@ def run(
         check_job_id(job_id)
     _check_batch(batch)
     _check_output(output)
-    if pool not in POOLS:
-        raise QuotaflowError(f"--pool must be one of {', '.join(POOLS)}, got {pool!r}")
+    check_pool(pool)
     if workers == 0 and settings.redis_url is None:
         raise QuotaflowError("--workers 0 needs a running cluster: set QUOTAFLOW_REDIS_URL")
     job_id = job_id or new_job_id()
