@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from rich import box
 from rich.console import Group, RenderableType
@@ -21,6 +21,7 @@ from pipeline.broker import queue_depth
 from pipeline.console import console
 from pipeline.jobs import CancelReport, Jobs, SubmitReport
 from pipeline.local import LocalWorkers
+from settings import DeploymentSettings
 from tasks.jobstore import JobStatus
 from tasks.metrics import parse_field
 from tasks.runtime import Runtime
@@ -149,7 +150,15 @@ def follow(
 # -- jobs -------------------------------------------------------------------------------
 
 
-def job_table(status: JobStatus, *, title: str, elapsed: float | None = None) -> Table:
+def job_table(
+    status: JobStatus,
+    *,
+    title: str,
+    elapsed: float | None = None,
+    deployments: Sequence[DeploymentSettings] = (),
+) -> Table:
+    """A job's counts; with `elapsed` and the `deployments` it ran on, its pace against
+    their quota."""
     c = status.counts
     table = Table(title=title, title_justify="left", show_header=False, box=None)
     table.add_column(style="bold")
@@ -166,20 +175,48 @@ def job_table(status: JobStatus, *, title: str, elapsed: float | None = None) ->
     usage = f"{num(status.prompt_tokens)} prompt + {num(status.completion_tokens)} completion"
     if status.tokens_estimated:
         # Requests sent with `.delay()` are estimated by the worker, not at submit.
-        usage += f" (estimated at submit: {num(status.tokens_estimated)})"
+        usage += f" used (estimated at submit: {num(status.tokens_estimated)})"
     table.add_row("tokens", usage)
-    table.add_row("cost", f"${status.cost_usd:,.4f}")
+    table.add_row("cost", _cost(status, deployments))
     table.add_row("deferrals", f"{status.deferrals} (postponed by the budget, not sent)")
     table.add_row("retries", f"{status.retries} (transient provider failures)")
     if elapsed is not None:
         minutes = max(elapsed, 1e-9) / 60
-        tokens = status.prompt_tokens + status.completion_tokens
-        table.add_row(
-            "elapsed",
-            f"{elapsed:.1f}s · {c['done'] / minutes:,.0f} requests/min · "
-            f"{tokens / minutes:,.0f} tokens/min on average",
-        )
+        table.add_row("elapsed", f"{elapsed:.1f}s · {c['done'] / minutes:,.0f} requests/min")
+        if deployments and status.tokens_estimated:
+            table.add_row("pace", _pace(status.tokens_estimated, minutes, deployments))
     return table
+
+
+def _cost(status: JobStatus, deployments: Sequence[DeploymentSettings]) -> str:
+    cost = f"${status.cost_usd:,.4f}"
+    unpriced = deployments and all(
+        not d.price_input_per_1m and not d.price_output_per_1m for d in deployments
+    )
+    if unpriced and not status.cost_usd:
+        cost += (
+            " (no prices set: give the deployment price_input_per_1m and "
+            "price_output_per_1m, USD per million tokens)"
+        )
+    return cost
+
+
+def _pace(charged: int, minutes: float, deployments: Sequence[DeploymentSettings]) -> str:
+    """Tokens charged against the quota: the burst it starts with, then its rate.
+
+    (Charged / elapsed alone reads as if the gate beat the quota: the first burst is
+    spent at once.) Charged is the estimate, prompt + max_tokens, as providers count.
+    """
+    burst = int(sum(d.token_capacity for d in deployments))
+    quota = sum(d.tpm for d in deployments)
+    head = f"~{num(charged)} tokens charged (prompt + max_tokens, as the provider counts)"
+    rest = charged - burst
+    if rest <= 0:
+        return f"{head}, all within the {num(burst)} the quota lets go at once"
+    return (
+        f"{head}: the first {num(burst)} at once (the burst the quota allows), the other "
+        f"{num(rest)} at {num(rest / minutes)}/min over the whole run (quota {num(quota)}/min)"
+    )
 
 
 def failures_table(jobs: Jobs, job_id: str, limit: int = 8) -> Table | None:

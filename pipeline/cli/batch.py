@@ -143,7 +143,10 @@ def run(
         if rt.jobs.exists(job_id):
             status = jobs.status(job_id)
             elapsed = time.monotonic() - started
-            console.print(job_table(status, title=f"job {escape(job_id)}", elapsed=elapsed))
+            deps = [settings.deployment(n) for n in _names(settings, deployment)]
+            console.print(
+                job_table(status, title=f"job {escape(job_id)}", elapsed=elapsed, deployments=deps)
+            )
             failures = failures_table(jobs, job_id)
             if failures is not None:
                 console.print(failures)

@@ -40,7 +40,9 @@ def status(
     if watch and not current.finished:
         with contextlib.suppress(KeyboardInterrupt):
             current = follow(rt, jobs, job)
-    console.print(job_table(current, title=f"job {escape(job)}"))
+    console.print(
+        job_table(current, title=f"job {escape(job)}", deployments=rt.settings.deployments)
+    )
     depth = queue_depth(rt.redis, rt.settings)
     console.print(queue_line(depth.ready, depth.deferred, complete=depth.complete), soft_wrap=True)
 
