@@ -239,13 +239,15 @@ def failures_table(jobs: Jobs, job_id: str, limit: int = 8) -> Table | None:
 
 def _table(title: str, headers: list[str], rows: list[list[str]], caption: str = "") -> Table:
     """A table whose columns never cut a header or a value: only the first column, a
-    name, folds onto more lines when the terminal is narrow."""
+    name, folds onto more lines when the terminal is narrow. No blank edge lines: the
+    budget view must fit a 24-line terminal under `--watch`."""
     table = Table(
         title=title,
         title_justify="left",
         box=box.SIMPLE_HEAD,
         collapse_padding=True,
         pad_edge=False,
+        show_edge=False,
     )
     for i, header in enumerate(headers):
         if i == 0:
@@ -335,8 +337,24 @@ def print_rejected(report: SubmitReport, limit: int = 10) -> None:
 # -- budget and queues ------------------------------------------------------------------
 
 
-def budget_view(rt: Runtime) -> Group:
-    """Per deployment: the gate's state now, and what happened in the last minute."""
+#: What the budget view's columns mean (under `--watch`, printed once above the view).
+BUDGET_NOTES = {
+    "rate": "rate: the share of the token quota the gate allows now (lowered after a "
+    "provider 429 and won back with time; minus the neighbours' learned share)",
+    "others": "others: learned from the provider's headers, what clients that do not ask "
+    "the gate use of the key; gate: what the gate admits now",
+    "since": "* the previous clock minute and this one so far (counts are kept per "
+    "minute); granted, booked, wait, never: the gate's answers",
+}
+
+
+def budget_notes() -> Text:
+    return Text("\n".join(BUDGET_NOTES.values()), style="dim")
+
+
+def budget_view(rt: Runtime, *, notes: bool = True) -> Group:
+    """Per deployment: the gate's state now, and what happened since the previous clock
+    minute began; `notes=False` leaves out the footnotes (`budget_notes`)."""
     recent: dict[str, dict[str, float]] = {}
     # The counters are kept per clock minute: the last two cover 60-120 s.
     since = time.strftime("%H:%M", time.localtime((time.time() // 60 - 1) * 60))
@@ -381,22 +399,19 @@ def budget_view(rt: Runtime) -> Group:
         ["deployment", "tokens free / burst", "requests free / burst", "booked ahead",
          "cooldown", "rate"],
         now,
-        "rate: the share of the token quota the gate allows now (lowered after a provider "
-        "429 and won back with time; minus the neighbours' learned share)",
+        BUDGET_NOTES["rate"] if notes else "",
     )  # fmt: skip
     rates_table = _table(
         "per minute",
         ["deployment", "tpm quota", "others", "gate", "rpm quota", "others", "gate"],
         rates,
-        "others: learned from the provider's headers, what clients that do not ask the "
-        "gate use of the key; gate: what the gate admits now",
+        BUDGET_NOTES["others"] if notes else "",
     )
     last_table = _table(
         f"since {since}:00*",
         ["deployment", "deferrals", "429s", "granted", "booked", "wait", "never"],
         last,
-        "* the previous clock minute and this one so far (counts are kept per minute); "
-        "granted, booked, wait, never: the gate's answers",
+        BUDGET_NOTES["since"] if notes else "",
     )
     depth = queue_depth(rt.redis, rt.settings)
     return Group(

@@ -16,6 +16,7 @@ from pipeline.console import console
 from pipeline.embedded import sigterm_as_interrupt
 from pipeline.jobs import Jobs
 from pipeline.views import (
+    budget_notes,
     budget_view,
     cancel_line,
     follow,
@@ -87,14 +88,17 @@ def budget(
         return
     from rich.live import Live
 
+    # The footnotes once, above: the live part then fits a 24-line terminal (Live cuts
+    # what does not fit).
+    console.print(budget_notes())
     with (
         sigterm_as_interrupt(),
         contextlib.suppress(KeyboardInterrupt),
-        Live(budget_view(rt), console=console, refresh_per_second=2) as live,
+        Live(budget_view(rt, notes=False), console=console, refresh_per_second=2) as live,
     ):
         while True:
             time.sleep(1)
-            live.update(budget_view(rt))
+            live.update(budget_view(rt, notes=False))
 
 
 def _check_port(port: int) -> None:

@@ -88,3 +88,9 @@ def test_edge_the_budget_footnote_says_what_its_counts_span(
         "granted, booked, wait, never: the gate's answers"
     ), footnote
     assert "..." not in text
+    # Whole, footnotes and queue line included, in a 24-line terminal (under `--watch`,
+    # Live cuts what does not fit; it prints the footnotes once, above).
+    assert len(text.rstrip().splitlines()) <= 24, text
+    out = Console(width=80, record=True, file=io.StringIO())
+    out.print(budget_view(current(), notes=False))
+    assert "* the previous" not in out.export_text()
