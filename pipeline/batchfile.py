@@ -46,11 +46,24 @@ class LineError:
         return f"line {self.line}: {self.message}"
 
 
+def _json_error(text: str, exc: json.JSONDecodeError) -> str:
+    """Where a line's JSON breaks, as a column of that line."""
+    unclosed = exc.msg.startswith("Unterminated string")
+    if unclosed or exc.pos >= len(text.rstrip()):
+        # The commonest cause: a line cut off (a truncated copy, an unfinished write).
+        what = f"a string opened at column {exc.pos + 1} is never closed" if unclosed else exc.msg
+        return f"not valid JSON: the line ends early, after column {len(text)} ({what}); cut off?"
+    return f"not valid JSON: {exc.msg.removesuffix(' at')} at column {exc.pos + 1}"
+
+
 def parse_line(number: int, text: str) -> BatchLine | LineError:
+    # Without its newline: an error at the end of the line is then at its last column,
+    # not at column 1 of a next line.
+    text = text.rstrip("\r\n")
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
-        return LineError(number, None, f"not valid JSON ({exc.msg} at column {exc.colno})")
+        return LineError(number, None, _json_error(text, exc))
     if not isinstance(obj, dict):
         return LineError(number, None, f"must be a JSON object, got {type(obj).__name__}")
     cid = obj.get("custom_id")
@@ -70,13 +83,22 @@ def parse_line(number: int, text: str) -> BatchLine | LineError:
     return BatchLine(number, cid, url, body)
 
 
+def check_batch_path(path: Path) -> None:
+    """BatchFileError unless `path` names a file."""
+    if path.is_dir():
+        raise BatchFileError(
+            f"{path} is a directory: give the batch file in it (JSONL, one request per line)"
+        )
+    if not path.is_file():
+        raise BatchFileError(f"batch file not found: {path}")
+
+
 def read_batch(path: Path) -> Iterator[BatchLine | LineError]:
     """Stream a batch file line by line (a 100k-line file is never held in memory).
 
     Blank lines are skipped; a repeated custom_id is an error on the later line.
     """
-    if not path.is_file():
-        raise BatchFileError(f"batch file not found: {path}")
+    check_batch_path(path)
     seen: set[str] = set()
     any_line = False
     try:

@@ -44,6 +44,21 @@ class SubmitReport:
     tokens_estimated: int = 0
 
 
+@dataclass
+class CancelReport:
+    """What a cancel did."""
+
+    job_id: str
+    #: Waiting requests dead-lettered `cancelled` (their messages are dropped on arrival).
+    cancelled: int = 0
+    #: Waiting requests with no kept copy (published before they were kept): left alone.
+    not_kept: int = 0
+    #: Requests with a result, kept.
+    done: int = 0
+    #: Requests being called now: they finish.
+    running: int = 0
+
+
 #: Job ids are Redis key parts and shell words: no spaces, slashes, braces or quotes.
 JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
@@ -245,6 +260,44 @@ class Jobs:
             self.store.claim_dead(job_id, cid, raw)
             replayed += 1
         return replayed, skipped
+
+    def cancel(self, job_id: str) -> CancelReport:
+        """Stop the job's waiting requests (queued, deferred, retrying): each is
+        dead-lettered `cancelled` (replayable) and its message dropped when it reaches a
+        worker. Requests running finish; results stay."""
+        self.status(job_id)
+        store = self.store
+        k = store.keys(job_id)
+        waiting = [
+            cid.decode()
+            for cid, state in store.client.hscan_iter(k.states, count=1000)
+            if state in (b"queued", b"deferred", b"retrying")
+        ]
+        report = CancelReport(job_id)
+        now = time.time()
+        for start in range(0, len(waiting), _PUBLISH_CHUNK):
+            chunk = waiting[start : start + _PUBLISH_CHUNK]
+            kept = store.pending(job_id, chunk)
+            report.not_kept += len(chunk) - len(kept)
+            entries = {
+                cid: {
+                    "custom_id": cid, "job_id": job_id,
+                    "endpoint": ENDPOINT_FOR_URL.get(request.get("url", ""), "chat"),
+                    "body": request.get("body"), "deployment": request.get("deployment"),
+                    "tenant": request.get("tenant"),
+                    "error": {"code": "cancelled", "message": (
+                        f"cancelled before it was sent (`quotaflow cancel {job_id}`); "
+                        f"`quotaflow replay {job_id}` sends it again")},
+                    "status": None, "task_id": request.get("task_id") or "", "attempts": 0,
+                    "at": now,
+                }
+                for cid, request in kept.items()
+            }  # fmt: skip
+            report.cancelled += store.cancel(job_id, entries)
+        status = self.status(job_id)
+        report.done = status.counts["done"]
+        report.running = status.counts["running"]
+        return report
 
     def recover(self, job_id: str, *, older_than: float | None = None) -> int:
         """Send again the unfinished requests whose message was lost.

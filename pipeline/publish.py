@@ -15,9 +15,11 @@ deferrals and retries name their queue themselves (main, retry).
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import redis
 from celery.app.amqp import AMQP
 from celery.utils.saferepr import saferepr
 from celery.worker.control import Panel
@@ -26,7 +28,9 @@ from kombu.utils.encoding import safe_repr
 from budget import QuotaflowError
 from pipeline import installed
 from pipeline.broker import deployment_queue
-from settings import SettingsError
+from settings import SettingsError, redact_url
+from tasks import runtime
+from tasks.errors import NotConfigured
 from tasks.metrics import check_tenant
 from tasks.request import route
 
@@ -91,6 +95,34 @@ def route_task(
     return {"queue": deployment_queue(settings, dep.name)}
 
 
+class RedisUnreachable(QuotaflowError):
+    """A publisher's Redis does not answer: nothing was sent."""
+
+
+#: (process, URL) of each Redis that answered a publisher of this process.
+_answered: set[tuple[int, str]] = set()
+
+
+def check_reachable(url: str) -> None:
+    """Raise RedisUnreachable, in one line and at once, if the Redis at `url` does not
+    answer; checked once per process. (Celery's own path retries its result backend for
+    ~20 s and ends in a chain of tracebacks that never names the URL.)"""
+    if (os.getpid(), url) in _answered:
+        return
+    try:
+        client = runtime.current().redis
+    except NotConfigured:
+        return
+    try:
+        client.ping()
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise RedisUnreachable(
+            f"Redis at {redact_url(url)} does not answer ({exc}); nothing was sent: check "
+            "that it is running and that QUOTAFLOW_REDIS_URL (host, port, password) is right"
+        ) from None
+    _answered.add((os.getpid(), url))
+
+
 class QuotaflowAMQP(AMQP):  # type: ignore[misc]
     """Builds quotaflow's task messages: argument reprs without the prompt; refusals."""
 
@@ -110,6 +142,8 @@ class QuotaflowAMQP(AMQP):  # type: ignore[misc]
             # A signal handler cannot refuse: Celery logs its exceptions and publishes.
             if settings is not None and settings.redis_url is None:
                 raise SettingsError(NO_REDIS)
+            if settings is not None and settings.redis_url is not None:
+                check_reachable(settings.redis_url)
             if isinstance(kwargs, Mapping):
                 check_tenant(kwargs.get("tenant"))
             if argsrepr is None and kwargsrepr is None:

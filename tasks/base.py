@@ -91,7 +91,10 @@ class BudgetedTask(Task):  # type: ignore[misc]
 
     def _deliver(self, d: Delivery) -> dict[str, Any]:
         rt, r = d.rt, d.request
-        done = rt.jobs.arrive(r.job, r.custom_id, first=not self.request.retries)
+        # A message `quotaflow cancel` stopped raises Cancelled here: dropped, never sent.
+        done = rt.jobs.arrive(
+            r.job, r.custom_id, first=not self.request.retries, task_id=str(self.request.id)
+        )
         if done is not None:  # a redelivery of a request that already succeeded
             return dict(done["response"]["body"])
         queue = (self.request.delivery_info or {}).get("routing_key") or ""

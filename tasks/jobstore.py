@@ -15,6 +15,7 @@ from typing import Any
 import redis
 
 from budget.resp import command, execute_packed
+from tasks.errors import Cancelled
 from tasks.jobstate import (  # noqa: F401  - re-exported: callers import them from here
     ADHOC_JOB,
     RETENTION_SECONDS,
@@ -54,6 +55,7 @@ class JobStore:
         self._claim = _script(client, "claim")
         self._queue = _script(client, "queue")
         self._add_queued = _script(client, "add_queued")
+        self._cancel = _script(client, "cancel")
 
     def keys(self, job_id: str) -> JobKeys:
         return job_keys(self.prefix, job_id)
@@ -250,16 +252,25 @@ class JobStore:
     def count(self, job_id: str, field_name: str, amount: int = 1) -> None:
         self.client.hincrby(self.keys(job_id).totals, field_name, amount)
 
-    def arrive(self, job_id: str, custom_id: str, *, first: bool) -> dict[str, Any] | None:
+    def arrive(
+        self, job_id: str, custom_id: str, *, first: bool, task_id: str = ""
+    ) -> dict[str, Any] | None:
         """A delivery begins: the stored result if there is one (a redelivery), and on a
         first delivery the request counted in if its publisher did not. One round trip
-        when it was (every submit and `.delay()`)."""
+        when it was (every submit and `.delay()`). Raises Cancelled for a message that
+        `cancel` stopped (a replay sends the request under a new task id)."""
         k = self.keys(job_id)
         pipe = self.client.pipeline(transaction=False)
         pipe.hget(k.results, custom_id)
+        pipe.hget(k.cancelled, custom_id)
         if first:
             pipe.hsetnx(k.states, custom_id, "queued")
-        raw, *added = pipe.execute()
+        raw, cancelled, *added = pipe.execute()
+        if task_id and cancelled is not None and _text(cancelled) == task_id:
+            raise Cancelled(
+                f"cancelled: request {custom_id} of job {job_id} was cancelled before it "
+                f"was sent; `quotaflow replay {job_id}` sends it again"
+            )
         if added and added[0]:
             self._count_in(job_id, 1, 0)
         return None if raw is None else json.loads(raw)
@@ -325,6 +336,23 @@ class JobStore:
         """custom_id -> raw entry JSON (raw, so a replay can claim exactly what it read)."""
         raw = self.client.hgetall(self.keys(job_id).dead)
         return {_text(k): _text(v) for k, v in raw.items()}
+
+    def cancel(self, job_id: str, entries: dict[str, dict[str, Any]]) -> int:
+        """Dead-letter those of `entries` (custom_id -> dead-letter entry, with the
+        `task_id` of the request's message) that are still waiting, and mark their
+        messages to be dropped on arrival; returns how many were cancelled."""
+        if not entries:
+            return 0
+        k = self.keys(job_id)
+        first = [k.states, k.counts, k.dead, k.pending, k.touched, k.cancelled, k.results,
+                 k.unsent, k.meta]  # fmt: skip
+        args: list[Any] = [self.retention_seconds]
+        for cid, entry in entries.items():
+            args += [cid, json.dumps(entry, separators=(",", ":"), sort_keys=True),
+                     entry["task_id"]]  # fmt: skip
+        return int(
+            self._cancel(keys=[*first, *(key for key in k.all() if key not in first)], args=args)
+        )
 
     def claim_dead(self, job_id: str, custom_id: str, raw_entry: str) -> bool:
         k = self.keys(job_id)
