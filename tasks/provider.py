@@ -35,6 +35,11 @@ _TRANSIENT_STATUSES = {408, 409}
 _PERMANENT_429_CODES = frozenset(
     {"insufficient_quota", "billing_hard_limit_reached", "billing_not_active", "access_terminated"}
 )
+#: Longest provider error text kept (in dead letters, logs, task events): enough for
+#: any reason a provider gives, not for an echo of a whole prompt or reply.
+MAX_ERROR_TEXT = 1000
+#: Longest error code kept: codes are identifiers; a longer one is not.
+MAX_ERROR_CODE = 64
 
 
 @dataclass(frozen=True)
@@ -224,7 +229,7 @@ def classify(exc: openai.APIError, dep: DeploymentSettings) -> ProviderError:
         inner: Mapping[str, Any] = error if isinstance(error, Mapping) else body
         code = inner.get("code") or body.get("code")
         kind = inner.get("type")
-    message = scrub(str(getattr(exc, "message", None) or exc), dep)
+    message = clip(scrub(str(getattr(exc, "message", None) or exc), dep))
     err: ProviderError
     if isinstance(exc, openai.APITimeoutError):
         err = TransientProviderError(f"timed out after {dep.timeout_seconds:g}s")
@@ -234,7 +239,7 @@ def classify(exc: openai.APIError, dep: DeploymentSettings) -> ProviderError:
         err.code = "connection_error"
     elif status == 429 and {code, kind} & _PERMANENT_429_CODES:
         err = PermanentProviderError(f"provider refused: {message} (429, waiting cannot help)")
-        err.code = str(code or kind)
+        err.code = clip(str(code or kind), MAX_ERROR_CODE)
     elif status == 429:
         err = TransientProviderError(f"rate limited by the provider (429): {message}")
         err.code = "rate_limited"
@@ -246,7 +251,7 @@ def classify(exc: openai.APIError, dep: DeploymentSettings) -> ProviderError:
         err.code = "server_error"
     else:
         err = PermanentProviderError(f"provider rejected the request ({status}): {message}")
-        err.code = str(code or _status_code_name(status))
+        err.code = clip(str(code or _status_code_name(status)), MAX_ERROR_CODE)
     err.status = status
     return err
 
@@ -274,6 +279,14 @@ def scrub(text: str, dep: DeploymentSettings) -> str:
         if secret:
             text = text.replace(secret, "***")
     return re.sub(r"sk-[A-Za-z0-9_\-]{6,}", "sk-***", text)
+
+
+def clip(text: str, limit: int = MAX_ERROR_TEXT) -> str:
+    """`text`, cut to `limit` characters with a note of how much was left out."""
+    if len(text) <= limit:
+        return text
+    note = f"... ({len(text) - limit} more characters)"
+    return text[: max(0, limit - len(note))] + note
 
 
 def _status_code_name(status: int | None) -> str:

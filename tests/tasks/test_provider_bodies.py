@@ -13,6 +13,7 @@ from budget import InvalidRequest
 from settings import DeploymentSettings
 from simulator import Simulator
 from tasks import provider
+from tasks.errors import PermanentProviderError
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -77,3 +78,21 @@ def test_the_sdk_options_are_derived_from_its_signature() -> None:
     assert not provider._control_arguments() & (
         provider.request_fields("chat") | provider.request_fields("embeddings")
     )
+
+
+def test_edge_provider_error_text_and_code_are_bounded(simulator) -> None:  # type: ignore[no-untyped-def]
+    # A provider (or a proxy) can answer with any text and any code: the dead letter
+    # keeps the reason, cut to MAX_ERROR_TEXT, and a code no longer than MAX_ERROR_CODE.
+    model = "m" * 5_000  # the 404 echoes the model
+    sim = simulator(fail_models=[model])
+    with pytest.raises(PermanentProviderError) as refused:
+        provider.call(deployment(sim, "long-model", model=model), "chat", {**CHAT, "model": model})
+    text = str(refused.value)
+    assert "provider rejected the request (404)" in text and "does not exist" not in text
+    assert len(text) <= provider.MAX_ERROR_TEXT + 60 and "more characters)" in text
+    code = "a" * 3_000
+    body = {**CHAT, "messages": [{"role": "user", "content": f"[[status:400]] [[code:{code}]]"}]}
+    with pytest.raises(PermanentProviderError) as coded:
+        provider.call(deployment(sim, "long-code"), "chat", body)
+    assert len(coded.value.code) <= provider.MAX_ERROR_CODE
+    assert coded.value.code.startswith("aaaa")
