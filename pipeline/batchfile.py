@@ -7,6 +7,7 @@ Input, one JSON object per line:
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,14 @@ from budget import QuotaflowError
 
 URLS = ("/v1/chat/completions", "/v1/embeddings")
 MAX_CUSTOM_ID = 512
+#: The custom_ids a job records refused lines under when the line has no usable
+#: custom_id of its own (`rejected_id`): reserved, a line may not use one.
+_REJECTED_ID = re.compile(r"#line-[0-9]+\Z")
+
+
+def rejected_id(line: int) -> str:
+    """The custom_id of refused line `line` that has no usable custom_id of its own."""
+    return f"#line-{line}"
 
 
 class BatchFileError(QuotaflowError):
@@ -71,6 +80,12 @@ def parse_line(number: int, text: str) -> BatchLine | LineError:
         return LineError(number, None, "custom_id is missing or not a non-empty string")
     if len(cid) > MAX_CUSTOM_ID:
         return LineError(number, None, f"custom_id is longer than {MAX_CUSTOM_ID} characters")
+    if _REJECTED_ID.match(cid):
+        return LineError(
+            number, None,
+            f"custom_id {cid!r} is reserved: refused lines without a custom_id of their own "
+            "are reported as '#line-N'; choose another custom_id",
+        )  # fmt: skip
     method = obj.get("method", "POST")
     if method != "POST":
         return LineError(number, cid, f"method must be POST, got {method!r}")
@@ -96,7 +111,8 @@ def check_batch_path(path: Path) -> None:
 def read_batch(path: Path) -> Iterator[BatchLine | LineError]:
     """Stream a batch file line by line (a 100k-line file is never held in memory).
 
-    Blank lines are skipped; a repeated custom_id is an error on the later line.
+    Blank lines are skipped; a repeated custom_id is an error on the later line,
+    also when the earlier line was refused (the id is taken by its error).
     """
     check_batch_path(path)
     seen: set[str] = set()
@@ -108,13 +124,14 @@ def read_batch(path: Path) -> Iterator[BatchLine | LineError]:
                     continue
                 any_line = True
                 parsed = parse_line(number, text)
-                if isinstance(parsed, BatchLine):
-                    if parsed.custom_id in seen:
+                cid = parsed.custom_id
+                if cid is not None:
+                    if cid in seen:
                         parsed = LineError(
-                            number, None, f"custom_id {parsed.custom_id!r} repeats an earlier line"
+                            number, None, f"custom_id {cid!r} repeats an earlier line"
                         )
                     else:
-                        seen.add(parsed.custom_id)
+                        seen.add(cid)
                 yield parsed
     except UnicodeDecodeError as exc:
         raise BatchFileError(f"{path} is not UTF-8 text ({exc.reason})") from exc

@@ -14,7 +14,14 @@ from typing import Any, TextIO
 from budget import InvalidRequest, NeverAdmissible
 from budget.estimate import estimate_request
 from budget.limits import check_admissible
-from pipeline.batchfile import URLS, BatchLine, LineError, output_error_line, read_batch
+from pipeline.batchfile import (
+    URLS,
+    BatchLine,
+    LineError,
+    output_error_line,
+    read_batch,
+    rejected_id,
+)
 from pipeline.messages import Template
 from pipeline.recovery import Recovery
 from pipeline.sending import pending_request, send, send_all
@@ -183,7 +190,7 @@ class Jobs:
 
     def _reject(self, report: SubmitReport, error: LineError) -> None:
         report.rejected.append(error)
-        cid = error.custom_id or f"line-{error.line}"
+        cid = error.custom_id or rejected_id(error.line)
         self.store.add_queued(report.job_id, [cid])
         self.store.record_dead(
             report.job_id,

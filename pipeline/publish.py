@@ -7,6 +7,10 @@ quotaflow's tasks these show the request's custom_id, job, tenant, deployment an
 model instead, unless `show_task_arguments` is set. This holds for every publisher
 that uses the quotaflow app: `.delay()` from user code, `quotaflow submit`, retries.
 
+Refused before sending, with one error that says what to fix: a quotaflow message
+without a Redis to go to, an over-long tenant, a body with SDK call options among its
+keys (`extra_headers`, ...: tasks.provider.check_body).
+
 Where a message goes: a new request to its deployment's queue (`route_task`), where
 it waits in the broker while the deployment is booked ahead (pipeline.backlog);
 deferrals and retries name their queue themselves (main, retry).
@@ -32,6 +36,7 @@ from settings import SettingsError, redact_url
 from tasks import runtime
 from tasks.errors import NotConfigured
 from tasks.metrics import check_tenant
+from tasks.provider import check_body
 from tasks.request import route
 
 NO_REDIS = (
@@ -146,6 +151,11 @@ class QuotaflowAMQP(AMQP):  # type: ignore[misc]
                 check_reachable(settings.redis_url)
             if isinstance(kwargs, Mapping):
                 check_tenant(kwargs.get("tenant"))
+            # The router sends a body no deployment serves on to be dead-lettered with
+            # its reason; a body carrying SDK call options is refused here, at once.
+            body = args[0] if isinstance(args, list | tuple) and args else None
+            if isinstance(body, Mapping):
+                check_body(body)
             if argsrepr is None and kwargsrepr is None:
                 argsrepr, kwargsrepr = message_reprs(self, args, kwargs)
         return super().as_task_v2(

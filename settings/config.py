@@ -119,8 +119,9 @@ class Settings(BaseSettings):
     eta_task_limit: PositiveInt = 2000
     #: Record every admission in Redis (for audits and the conformance tests).
     admission_log: bool = False
-    #: Show task arguments (prompts) in Flower, task events and `celery inspect`;
-    #: by default they show custom_id, job, tenant, deployment and model only.
+    #: Show task arguments (prompts) and results (responses) in Flower, task events, the
+    #: worker log and `celery inspect`; by default they show custom_id, job, tenant,
+    #: deployment and model only.
     show_task_arguments: bool = False
     #: Distinct tenant labels the metrics keep; later tenants are counted as `other`.
     metrics_max_tenants: PositiveInt = 100
