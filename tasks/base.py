@@ -35,7 +35,15 @@ from budget import (
 from budget.estimate import Estimate, estimate_request
 from settings import DeploymentSettings, SettingsError
 from tasks import provider, runtime
-from tasks.delivery import H_BOOKING, H_REASON, H_REPLY, Delivery, backoff
+from tasks.delivery import (
+    H_BOOKING,
+    H_REASON,
+    H_REPLY,
+    Delivery,
+    backoff,
+    booking_from_header,
+    reply_from_header,
+)
 from tasks.errors import PermanentProviderError, TransientProviderError
 from tasks.request import LLMRequest, route
 
@@ -106,9 +114,9 @@ class BudgetedTask(Task):  # type: ignore[misc]
         r = d.request
         try:
             dep = d.dep = route(d.rt.settings, r.body, r.deployment)
-            kept = d.header(H_REPLY)
-            if kept:  # paid for on an earlier delivery; only the write failed
-                return self._record(d, dep, provider.ProviderReply(**kept), estimated=0)
+            kept = reply_from_header(d.header(H_REPLY))
+            if kept is not None:  # paid for on an earlier delivery; only the write failed
+                return self._record(d, dep, kept, estimated=0)
             est = estimate_request(
                 r.body, endpoint=r.endpoint, model=dep.model, context_window=dep.context_window
             )
@@ -130,9 +138,8 @@ class BudgetedTask(Task):  # type: ignore[misc]
     def _admit(self, d: Delivery, dep: DeploymentSettings, est: Estimate) -> Reservation:
         # BudgetUnavailable propagates: `execute` fails closed and waits for Redis.
         gate = d.rt.gate
-        booking = d.header(H_BOOKING)
-        if booking and booking.get("deployment") == dep.name:
-            reservation = Reservation(**booking)
+        reservation = booking_from_header(d.header(H_BOOKING))
+        if reservation is not None and reservation.deployment == dep.name:
             # One round trip checks the booking against the gate and uses it up: a
             # copy of this message, or a booking made before a 429, gets no call.
             answer, now = gate.redeem(reservation, inline_seconds=gate.inline_seconds)
