@@ -158,7 +158,7 @@ def _build_clients(**_: Any) -> None:
     from tasks.errors import PermanentProviderError
     from tasks.provider import client_for
 
-    settings = getattr(app.conf, "quotaflow_settings", None)
+    settings = installed.settings
     for dep in settings.deployments if settings is not None else ():
         with contextlib.suppress(PermanentProviderError):  # no key: the first call says so
             client_for(dep)
