@@ -4,11 +4,17 @@ simulator over HTTP: skewed clocks, late slots, headers from another version."""
 from __future__ import annotations
 
 import dataclasses
+import os
+import tempfile
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
+from support.cluster import ROOT
 from support.workload import SIM
 
+from pipeline.local import LocalWorker
 from tasks import complete
 from tasks.runtime import current
 
@@ -65,3 +71,63 @@ def test_edge_headers_from_another_version_are_read_leniently(simulator, cluster
     assert line is not None and "kept" in str(line)
     admitted = [a.reservation_id for a in gate.admissions("sim")]
     assert booked.reservation.id in admitted and "o" * 32 not in admitted
+
+
+def worker_on(c: Any, name: str, queues: str, extra_env: dict[str, str] | None = None) -> Any:
+    """A worker of `c` that consumes `queues` only."""
+    log_path = Path(tempfile.mkstemp(prefix=f"qf-{name}-", suffix=".log")[1])
+    w = LocalWorker(
+        c.settings, hostname=f"{name}-{os.getpid()}@%h", log_path=log_path, cwd=ROOT,
+        concurrency=4, queues=queues, extra_env=extra_env,
+    )  # fmt: skip
+    c.workers.append(w)
+    return w.wait_ready()
+
+
+def lagging_clock(seconds: float) -> dict[str, str]:
+    """The environment for a process whose wall clock runs `seconds` behind."""
+    import libfaketime
+
+    _, env = libfaketime.get_reload_information()
+    return {**env, "FAKETIME": f"-{seconds:g}"}
+
+
+def wait_for(check: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def test_edge_a_worker_whose_clock_lags_still_uses_its_booked_slot(
+    simulator, cluster, redis_client
+) -> None:  # type: ignore[no-untyped-def]
+    # N8: a deferral's ETA is set on the publisher's clock and fired on the consumer's.
+    # A consumer 0.8 s behind fired it 0.55 s after the slot (it woke 0.25 s early),
+    # past the late tolerance: the slot was lost and the request booked again at the
+    # back of the line. Waking a whole inline_seconds early and waiting the rest on the
+    # Redis clock keeps the slot; the worker says at start that its clock is off.
+    sim = simulator(**SIM)
+    c = cluster(sim, booking_horizon_seconds=30.0, late_tolerance_seconds=0.3)
+    gate = current().gate
+    cap = int(c.settings.deployments[0].token_capacity)
+    for _ in range(8):  # about 8 s of quota booked ahead
+        assert gate.reserve("sim", tokens=cap).reservation is not None
+    ahead = len(gate.admissions("sim"))
+    job = "n8"
+    c.jobs.store.create(job)
+    for i in range(3):
+        complete.apply_async((chat(f"lagging {i}"),), {"custom_id": f"r{i}", "job_id": job})
+    # The publisher of the deferrals: the deployment's queue only, on the true clock.
+    worker_on(c, "publisher", f"{c.settings.queue}.sim")
+    wait_for(lambda: redis_client.llen(c.settings.queue) == 3, 30, "three deferrals")
+    assert len(gate.admissions("sim")) == ahead + 3
+    # The consumer of the deferrals: the main queue, its clock 0.8 s behind.
+    late = worker_on(c, "lagging", c.settings.queue, lagging_clock(0.8))
+    status = c.wait(job, timeout=60)
+    assert status.counts["done"] == 3, late.log()[-4000:]
+    assert "booking again" not in late.log(), late.log()[-4000:]
+    assert len(gate.admissions("sim")) == ahead + 3  # no request booked twice
+    assert sim.stats()["requests_received"] == 3
+    assert "behind the Redis server's" in late.log()
