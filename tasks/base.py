@@ -68,6 +68,13 @@ class BudgetedTask(Task):  # type: ignore[misc]
     max_retries = None
     acks_late = True
     reject_on_worker_lost = True
+    # A hard time limit (prefork) kills the call with no result and no dead letter:
+    # requeue the message rather than ack it. Other failures dead-letter first and
+    # are acked. (acks_on_failure_or_timeout: Celery before 5.7; there a failure's
+    # reject without requeue removes the message from Redis, as an ack does.)
+    acks_on_timeout = False
+    acks_on_failure = True
+    acks_on_failure_or_timeout = False
 
     def execute(
         self,

@@ -4,9 +4,12 @@ simulator over HTTP: skewed clocks, late slots, headers from another version."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tempfile
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -131,3 +134,75 @@ def test_edge_a_worker_whose_clock_lags_still_uses_its_booked_slot(
     assert len(gate.admissions("sim")) == ahead + 3  # no request booked twice
     assert sim.stats()["requests_received"] == 3
     assert "behind the Redis server's" in late.log()
+
+
+class DrippingProvider:
+    """An OpenAI-compatible endpoint that sends its reply a few bytes at a time, each
+    within any per-read timeout, the whole over `seconds`."""
+
+    def __init__(self, seconds: float) -> None:
+        body = json.dumps({
+            "id": "chatcmpl-drip", "object": "chat.completion", "created": 0,
+            "model": "gpt-4o-mini",
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": "slow"}}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6},
+        }).encode()  # fmt: skip
+        pieces = 8
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - the http.server name
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                step = -(-len(body) // pieces)
+                for i in range(0, len(body), step):
+                    self.wfile.write(body[i : i + step])
+                    self.wfile.flush()
+                    time.sleep(seconds / pieces)
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_edge_a_provider_call_has_a_total_deadline(simulator, cluster) -> None:  # type: ignore[no-untyped-def]
+    # N7: the SDK's timeout is per read, so a reply sent a few bytes at a time kept a
+    # call (and its task, on the threads pool) running past timeout_seconds and past
+    # the task time limit. The call now ends as a timeout at timeout_seconds.
+    drip = DrippingProvider(seconds=4.0)
+    try:
+        sim = simulator(**SIM)
+        c = cluster(
+            sim, max_retries=0,
+            deployment={"base_url": drip.url + "/v1", "timeout_seconds": 1.0},
+        )  # fmt: skip
+        (worker,) = c.start_workers(1, pool="threads", concurrency=4)
+        job = "n7"
+        c.jobs.store.create(job)
+        complete.apply_async((chat("drip"),), {"custom_id": "r", "job_id": job})
+        status = c.wait(job, timeout=60)
+        assert status.counts["failed"] == 1, worker.log()[-3000:]
+        entry = json.loads(c.jobs.store.dead_letters(job)["r"])
+        assert entry["error"]["code"] == "retries_exhausted"
+        assert "timed out after 1s" in entry["error"]["message"]
+    finally:
+        drip.stop()
+
+
+def test_edge_a_hard_time_limit_requeues_instead_of_acking() -> None:
+    # N7: Celery acks a message whose task hit the hard time limit (prefork), with no
+    # result and no dead letter. quotaflow's tasks requeue it; failures are acked after
+    # their dead letter is written.
+    assert complete.acks_late and complete.acks_on_timeout is False
+    assert complete.acks_on_failure is True
