@@ -21,9 +21,9 @@ from pipeline import (
 from pipeline.backlog import Backlog
 from pipeline.broker import deployment_queues
 from pipeline.clock import check_clock
-from pipeline.compat import guard_restore_unacked, reuse_sync_clients
+from pipeline.compat import QuotaflowConnection
 from pipeline.preflight import check_eviction_policy
-from pipeline.publish import NO_REDIS, QuotaflowAMQP, hide_arguments_from_inspect, route_task
+from pipeline.publish import NO_REDIS, HideArguments, QuotaflowAMQP, route_task
 from settings import Settings, SettingsError, load_settings
 from tasks import runtime
 
@@ -84,10 +84,17 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
+class _AMQP(QuotaflowAMQP):
+    # quotaflow's connections use its adjustments of kombu's Redis transport
+    # (pipeline.compat); another app in the process keeps kombu's own.
+    Connection = QuotaflowConnection
+
+
 def create_app(settings: Settings | None = None) -> Celery:
     settings = settings or load_settings()
-    celery_app = Celery("quotaflow", set_as_current=True, amqp=QuotaflowAMQP)
+    celery_app = Celery("quotaflow", set_as_current=True, amqp=_AMQP)
     celery_app.steps["consumer"].add(Backlog)
+    celery_app.steps["consumer"].add(HideArguments)
     configure(celery_app, settings)
     return celery_app
 
@@ -171,12 +178,9 @@ def _default_app() -> Celery:
     try:
         return create_app()
     except SettingsError as exc:
-        celery_app = Celery("quotaflow", set_as_current=True, amqp=QuotaflowAMQP)
+        celery_app = Celery("quotaflow", set_as_current=True, amqp=_AMQP)
         installed.failed(str(exc))
         return celery_app
 
 
-guard_restore_unacked()
-reuse_sync_clients()
-hide_arguments_from_inspect()
 app = _default_app()
