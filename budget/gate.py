@@ -357,10 +357,12 @@ class Gate:
 
     def late_tolerance(self, deployment: str, default: float) -> float:
         """How late a booked call may start and still use its slot: `default` for a
-        bucket; the guard band for a window limiter (later, it would count in the
-        provider's next window)."""
+        bucket; half the guard band for a window limiter. The call reaches the
+        provider after this check (the HTTP request, a cold connection), and later
+        than the guard it would count in the provider's next window: the other half
+        is left for that."""
         windows = self.limits(deployment).windows
-        return default if windows is None else windows.guard_seconds
+        return default if windows is None else windows.guard_seconds / 2
 
     def now(self) -> float:
         """The Redis server's clock, in seconds."""

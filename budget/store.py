@@ -86,8 +86,8 @@ class ScriptStore:
     def run_packed(self, name: str, command: bytes) -> Any:
         """Run a command laid out by `packer(name)` in one round trip.
 
-        Same answers and errors as `run`. A connection that fails is dropped and the
-        call goes again under the client's own retry policy, as redis-py would.
+        Same answers and errors as `run`. Connecting is retried under the client's
+        own retry policy; the command itself is sent once (see `_send`).
         """
         try:
             conn = self._pool.get_connection()  # connects, if it must, with retries
@@ -97,7 +97,8 @@ class ScriptStore:
             try:
                 return self._send(conn, command)
             except NoScriptError:
-                # Redis restarted or its scripts were flushed: load it, send once more.
+                # Redis restarted or its scripts were flushed: load it, send once more
+                # (the script did not run, so nothing is charged twice).
                 self.client.script_load(self._scripts[name].script)
                 return self._send(conn, command)
         except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
@@ -110,13 +111,13 @@ class ScriptStore:
 
     @classmethod
     def _send(cls, conn: Any, command: bytes) -> Any:
-        try:
-            return cls._once(conn, command)
-        except (redis.ConnectionError, redis.TimeoutError):
-            conn.disconnect()
-            return conn.retry.call_with_retry(
-                lambda: cls._once(conn, command), lambda _: conn.disconnect()
-            )
+        # A reserve is not idempotent: once the command may have reached Redis, a
+        # lost reply (a timeout, a dropped connection) is not sent again, which would
+        # charge the bucket twice. The gate fails closed and the task waits instead.
+        # Only connecting is retried: until then nothing was sent.
+        if not conn.is_connected:
+            conn.connect()  # under the client's retry policy
+        return cls._once(conn, command)
 
     @staticmethod
     def _once(conn: Any, command: bytes) -> Any:

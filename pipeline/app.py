@@ -20,9 +20,10 @@ from pipeline import (
 )
 from pipeline.backlog import Backlog
 from pipeline.broker import deployment_queues
-from pipeline.compat import guard_restore_unacked, reuse_sync_clients
+from pipeline.clock import check_clock
+from pipeline.compat import QuotaflowConnection
 from pipeline.preflight import check_eviction_policy
-from pipeline.publish import NO_REDIS, QuotaflowAMQP, hide_arguments_from_inspect, route_task
+from pipeline.publish import NO_REDIS, HideArguments, QuotaflowAMQP, route_task
 from settings import Settings, SettingsError, load_settings
 from tasks import runtime
 
@@ -83,10 +84,17 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
+class _AMQP(QuotaflowAMQP):
+    # quotaflow's connections use its adjustments of kombu's Redis transport
+    # (pipeline.compat); another app in the process keeps kombu's own.
+    Connection = QuotaflowConnection
+
+
 def create_app(settings: Settings | None = None) -> Celery:
     settings = settings or load_settings()
-    celery_app = Celery("quotaflow", set_as_current=True, amqp=QuotaflowAMQP)
+    celery_app = Celery("quotaflow", set_as_current=True, amqp=_AMQP)
     celery_app.steps["consumer"].add(Backlog)
+    celery_app.steps["consumer"].add(HideArguments)
     configure(celery_app, settings)
     return celery_app
 
@@ -129,12 +137,12 @@ def _check_worker(**_: Any) -> None:
     if settings is not None and settings.redis_url is not None:
         client = runtime.redis_client(settings.redis_url)
         try:
-            warning = check_eviction_policy(client)
+            warnings = [check_eviction_policy(client), check_clock(client)]
         except SettingsError as exc:
             raise SystemExit(f"quotaflow worker: {exc}") from None
         finally:
             client.close()
-        if warning is not None:
+        for warning in filter(None, warnings):
             log.warning("quotaflow worker: %s", warning)
 
 
@@ -158,7 +166,7 @@ def _build_clients(**_: Any) -> None:
     from tasks.errors import PermanentProviderError
     from tasks.provider import client_for
 
-    settings = getattr(app.conf, "quotaflow_settings", None)
+    settings = installed.settings
     for dep in settings.deployments if settings is not None else ():
         with contextlib.suppress(PermanentProviderError):  # no key: the first call says so
             client_for(dep)
@@ -170,12 +178,9 @@ def _default_app() -> Celery:
     try:
         return create_app()
     except SettingsError as exc:
-        celery_app = Celery("quotaflow", set_as_current=True, amqp=QuotaflowAMQP)
+        celery_app = Celery("quotaflow", set_as_current=True, amqp=_AMQP)
         installed.failed(str(exc))
         return celery_app
 
 
-guard_restore_unacked()
-reuse_sync_clients()
-hide_arguments_from_inspect()
 app = _default_app()

@@ -20,14 +20,21 @@ learns a share, so together they take what the deployment can start.
 
 Pausing is a change to this worker's task consumer only (the queues it serves stay
 as they were): on a broker reconnect the consumer starts again on every queue and the
-next poll pauses what is still booked ahead. All changes are made on the consumer's
-own event loop (its timer), as Celery's `cancel_consumer` control command does.
+next poll pauses what is still booked ahead. A queue the operator stopped with
+`celery control cancel_consumer` is left alone until `add_consumer` brings it back.
+
+The gates are read on a thread of their own (a slow Redis would otherwise stall the
+consumer's event loop: its ETA timers, acks and broker reads); what they say is
+applied on the consumer's loop (`call_soon`), as Celery's `cancel_consumer` control
+command does. A lane whose gate cannot be read, for whatever reason, is left as it
+is and the other lanes go on.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -35,7 +42,7 @@ from typing import Any
 import redis
 from celery import bootsteps
 
-from budget import Gate, QuotaflowError
+from budget import Gate
 from pipeline import installed
 from pipeline.broker import deployment_queues
 
@@ -83,7 +90,10 @@ class Backlog(bootsteps.StartStopStep):  # type: ignore[misc]
         self.poll_seconds = 0.0
         #: Whether the broker's Redis takes fractional BRPOP timeouts (6.0 and later).
         self._fractional: bool | None = None
-        self._warned = 0.0
+        #: Deployment -> when its unreadable gate was last logged (monotonic).
+        self._warned: dict[str, float] = {}
+        self._reader: threading.Thread | None = None
+        self._stopping = threading.Event()
         settings = installed.settings
         if settings is None or settings.redis_url is None:
             return
@@ -123,12 +133,18 @@ class Backlog(bootsteps.StartStopStep):  # type: ignore[misc]
         for name in list(c.strategies):
             if name.startswith("quotaflow."):
                 c.strategies[name] = self._counting(c, c.strategies[name])
-        self.tref = c.timer.call_repeatedly(self.poll_seconds, self.poll, (c,), priority=10)
+        self._stopping = threading.Event()
+        self._reader = threading.Thread(
+            target=self._read_loop, args=(c, self._stopping), name="quotaflow-backlog",
+            daemon=True,
+        )  # fmt: skip
+        self._reader.start()
 
     def stop(self, c: Any) -> None:
-        if self.tref is not None:
-            self.tref.cancel()
-            self.tref = None
+        self._stopping.set()
+        reader, self._reader = self._reader, None
+        if reader is not None and reader is not threading.current_thread():
+            reader.join(timeout=2 * READ_TIMEOUT_SECONDS * max(1, len(self.lanes)))
 
     def shutdown(self, c: Any) -> None:
         self.stop(c)
@@ -147,12 +163,40 @@ class Backlog(bootsteps.StartStopStep):  # type: ignore[misc]
 
         return counted
 
+    def _read_loop(self, c: Any, stopping: threading.Event) -> None:
+        """On the reader thread: read every lane's gate each poll, hand the readings to
+        the consumer's loop."""
+        while not stopping.wait(self.poll_seconds):
+            reads = self.read()
+            if not stopping.is_set():
+                c.call_soon(self.apply, c, reads)
+
+    def read(self) -> dict[str, tuple[float, float] | None]:
+        """Each lane's (booked ahead, cooldown left), None where its gate is unreadable."""
+        reads = {dep: self.booked_ahead(dep) for dep in self.lanes}
+        if self._fractional is None:
+            try:
+                assert self.client is not None
+                major = int(str(self.client.info("server")["redis_version"]).split(".")[0])
+                self._fractional = major >= 6
+            except (redis.RedisError, KeyError, ValueError):
+                pass  # asked again at the next poll
+        return reads
+
     def poll(self, c: Any) -> None:
+        """Read the gates and apply what they say, at once (tests and tools)."""
+        self.apply(c, self.read())
+
+    def apply(self, c: Any, reads: dict[str, tuple[float, float] | None]) -> None:
+        """On the consumer's loop: pause or resume each lane by its gate's reading."""
         consumer = c.task_consumer
         if consumer is None or self.gate is None:
             return
+        selected = c.app.amqp.queues.consume_from
         for dep, lane in self.lanes.items():
-            read = self.booked_ahead(dep)
+            if lane.queue not in selected:
+                continue  # the operator cancelled it (cancel_consumer): theirs to resume
+            read = reads.get(dep)
             if read is None:
                 continue  # unreadable: leave the queue as it is
             booked, cooling = read
@@ -183,12 +227,7 @@ class Backlog(bootsteps.StartStopStep):  # type: ignore[misc]
     def _pickup(self, consumer: Any) -> None:
         """While a queue is paused, keep the broker's blocking pop short (see `pickup`)."""
         if self._fractional is None:
-            try:
-                assert self.client is not None
-                major = int(str(self.client.info("server")["redis_version"]).split(".")[0])
-            except (redis.RedisError, KeyError, ValueError):
-                return  # asked again at the next poll
-            self._fractional = major >= 6
+            return  # not known yet: the reader asks at the next poll
         paused = any(not consumer.consuming_from(lane.queue) for lane in self.lanes.values())
         short = max(self.poll_seconds, PICKUP_FLOOR_SECONDS)
         pickup(consumer, short if paused and self._fractional else None)
@@ -211,15 +250,16 @@ class Backlog(bootsteps.StartStopStep):  # type: ignore[misc]
 
     def booked_ahead(self, deployment: str) -> tuple[float, float] | None:
         """Seconds `deployment` is booked ahead and seconds left of its cooldown, or
-        None when its gate cannot be read."""
+        None when its gate cannot be read (whatever the reason: one lane's fault must
+        not stop the others)."""
         assert self.gate is not None
         try:
             snap = self.gate.snapshot(deployment)
-        except (redis.RedisError, QuotaflowError) as exc:
+        except Exception as exc:
             now = time.monotonic()
-            if now - self._warned > WARN_EVERY_SECONDS:
-                self._warned = now
-                log.warning("backlog: cannot read the gate of %s: %s", deployment, exc)
+            if now - self._warned.get(deployment, -math.inf) > WARN_EVERY_SECONDS:
+                self._warned[deployment] = now
+                log.warning("backlog: cannot read the gate of %s: %r", deployment, exc)
             return None
         return snap.booked_ahead_seconds, snap.cooldown_seconds
 

@@ -15,59 +15,68 @@ it sends (`conn_or_acquire`), all on one connection pool, and redis-py 8's
 constructor (its response-callback table) took about a tenth of a worker's CPU.
 A channel now keeps one client per pool (a client is only a handle on the pool and
 safe to share between threads); a new pool (after a reconnect) gets a new one.
+
+Both live in subclasses of kombu's Redis QoS, Channel and Transport, which only
+quotaflow's own connections use (`QuotaflowConnection`, the Celery app's
+`amqp.Connection`): another Celery app in the same process keeps kombu's transport
+as it is.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 from typing import Any
 
 import redis
+from kombu import Connection
 from kombu.transport import redis as kombu_redis
 
 log = logging.getLogger(__name__)
 
 
-def guard_restore_unacked() -> None:
-    qos = kombu_redis.QoS
-    original = qos.restore_unacked
-    if getattr(original, "_quotaflow_guarded", False):
-        return
+class QuotaflowQoS(kombu_redis.QoS):  # type: ignore[misc]
+    """kombu's Redis QoS, with the failed restore on a lost broker guarded."""
 
-    @functools.wraps(original)
-    def restore_unacked(self: Any, client: Any = None) -> Any:
+    def restore_unacked(self, client: Any = None) -> Any:
         try:
-            return original(self, client)
+            return super().restore_unacked(client)
         except (AttributeError, redis.ConnectionError, redis.TimeoutError) as exc:
+            delivered: Any = self._delivered
             log.warning(
                 "broker gone while restoring %d unacked message(s) (%s); they stay in "
                 "Redis and return after the visibility timeout",
-                len(self._delivered),
+                len(delivered),
                 exc,
             )
-            self._delivered.clear()
+            delivered.clear()
             return None
 
-    restore_unacked._quotaflow_guarded = True  # type: ignore[attr-defined]
-    qos.restore_unacked = restore_unacked  # type: ignore[method-assign]
 
+class QuotaflowChannel(kombu_redis.Channel):  # type: ignore[misc]
+    """kombu's Redis channel, keeping one synchronous client per connection pool."""
 
-def reuse_sync_clients() -> None:
-    channel = kombu_redis.Channel
-    original = channel._create_client
-    if getattr(original, "_quotaflow_reused", False):
-        return
+    QoS = QuotaflowQoS
 
-    @functools.wraps(original)
-    def _create_client(self: Any, asynchronous: bool = False) -> Any:
+    def _create_client(self, asynchronous: bool = False) -> Any:
         if asynchronous:  # the consumer's own, registered with its poller: as it was
-            return original(self, asynchronous)
+            return super()._create_client(asynchronous)
         pool = self.pool
         kept = self.__dict__.get("_quotaflow_client")
         if kept is None or kept[0] is not pool:
-            kept = self.__dict__["_quotaflow_client"] = (pool, original(self, False))
+            # A client is built as kombu builds it (its credential provider included),
+            # once per pool: a new pool after a reconnect gets a new one.
+            kept = self.__dict__["_quotaflow_client"] = (pool, super()._create_client(False))
         return kept[1]
 
-    _create_client._quotaflow_reused = True  # type: ignore[attr-defined]
-    channel._create_client = _create_client  # type: ignore[method-assign]
+
+class QuotaflowTransport(kombu_redis.Transport):  # type: ignore[misc]
+    Channel = QuotaflowChannel
+
+
+class QuotaflowConnection(Connection):  # type: ignore[misc]
+    """A kombu connection that uses `QuotaflowTransport` where kombu would use its
+    Redis transport (redis:// and rediss://); any other transport as kombu chooses."""
+
+    def get_transport_cls(self) -> Any:
+        cls = super().get_transport_cls()
+        return QuotaflowTransport if cls is kombu_redis.Transport else cls

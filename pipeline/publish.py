@@ -24,9 +24,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import redis
+from celery import bootsteps
 from celery.app.amqp import AMQP
 from celery.utils.saferepr import saferepr
-from celery.worker.control import Panel
+from celery.worker.consumer.control import Control
 from kombu.utils.encoding import safe_repr
 
 from budget import QuotaflowError
@@ -185,14 +186,29 @@ def _hiding(command: Callable[..., Any]) -> Callable[..., Any]:
     return hidden
 
 
-def hide_arguments_from_inspect() -> None:
-    """`celery inspect active/reserved/scheduled` (and Flower) show reprs, not prompts."""
+def hiding(handlers: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of a worker's control handlers whose `active`, `reserved` and `scheduled`
+    (and their aliases) answer with reprs, not prompts."""
+    out = dict(handlers)
     for name in ("active", "reserved", "scheduled"):
-        command = Panel.data.get(name)
+        command = out.get(name)
         if command is None or getattr(command, "quotaflow_hides", False):
             continue
         hidden = _hiding(command)
-        Panel.data[name] = hidden
-        alias = Panel.meta[name].alias
-        if alias:
-            Panel.data[alias] = hidden
+        for key, value in handlers.items():
+            if value is command:  # the command under its own name and its aliases
+                out[key] = hidden
+    return out
+
+
+class HideArguments(bootsteps.StartStopStep):  # type: ignore[misc]
+    """Consumer step: `celery inspect active/reserved/scheduled` (and Flower) show
+    reprs, not prompts, for this worker. Only quotaflow's app has the step: Celery's
+    own control Panel, which every app in the process shares, is left as it is."""
+
+    requires = ("celery.worker.consumer.control:Control",)
+
+    def start(self, c: Any) -> None:
+        for step in c.steps:
+            if isinstance(step, Control):
+                step.box.node.handlers = hiding(step.box.node.handlers)

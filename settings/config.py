@@ -45,6 +45,12 @@ from settings.sources import (
     Sources,
 )
 
+#: Clock skew between worker machines the visibility timeout absorbs. kombu scores an
+#: unacknowledged message on the delivering worker's clock and restores it by the
+#: restoring worker's: a worker this far ahead restores others' messages this early.
+#: Workers warn at start above 0.1 s; keep them on NTP.
+SKEW_MARGIN_SECONDS = 10.0
+
 
 class Settings(BaseSettings):
     """Everything quotaflow reads from the environment, `.env` or `quotaflow.toml`."""
@@ -163,20 +169,17 @@ class Settings(BaseSettings):
             raise ValueError(f"deployments: names must be unique, repeated: {', '.join(dupes)}")
         if self.queue == self.retry_queue:
             raise ValueError("queue and retry_queue must differ")
-        longest = self.longest_countdown_seconds
         vt = self.visibility_timeout_seconds
-        if vt is not None and longest * 2 > vt:
+        needed = self.longest_hold_seconds
+        if vt is not None and vt < needed:
             raise ValueError(
-                f"visibility_timeout_seconds ({vt}) must be at least twice the longest "
-                f"countdown ({longest:g}s), or deferred tasks are redelivered and run twice"
-            )
-        limit = self.task_time_limit_seconds
-        if vt is not None and limit >= vt:
-            raise ValueError(
-                f"visibility_timeout_seconds ({vt}) must exceed the longest a task may run "
-                f"({limit:g}s: budget_outage_wait_seconds + the largest deployment "
-                f"timeout_seconds + {RUN_MARGIN_SECONDS:g}s), or running tasks are "
-                "redelivered and run twice; leave it unset to derive it"
+                f"visibility_timeout_seconds ({vt}) must be at least {math.ceil(needed)}: "
+                f"the longest countdown ({self.longest_countdown_seconds:g}s) + the longest a "
+                f"task may run ({self.task_time_limit_seconds:g}s: budget_outage_wait_seconds "
+                f"+ the largest deployment timeout_seconds + {RUN_MARGIN_SECONDS:g}s) + a "
+                f"margin ({self.visibility_margin_seconds:g}s: clock skew and a wait for a "
+                "free pool slot), or held and running tasks are redelivered and paid for "
+                "twice; leave it unset to derive it"
             )
         return self
 
@@ -206,14 +209,31 @@ class Settings(BaseSettings):
     def visibility_timeout(self) -> int:
         """The Redis visibility timeout in force: the explicit setting, else derived.
 
-        Derived as twice the longer of the longest countdown and the task time limit:
-        a delivered message is then acknowledged before it is redelivered even when it
-        is held for the longest countdown and then runs for the longest time. With the
-        defaults this is 740 s: a killed worker's messages return within ~12 minutes.
+        Derived as `longest_hold_seconds`: a delivered message is acknowledged before
+        it is redelivered even when it is held for the longest countdown, then waits
+        for a pool slot and runs for the longest time, on a worker whose clock is a
+        little off. With the defaults this is 800 s: a killed worker's messages
+        return within ~14 minutes.
         """
         if self.visibility_timeout_seconds is not None:
             return self.visibility_timeout_seconds
-        return math.ceil(2 * max(self.longest_countdown_seconds, self.task_time_limit_seconds))
+        return math.ceil(self.longest_hold_seconds)
+
+    @property
+    def longest_hold_seconds(self) -> float:
+        """The longest a worker may hold a delivered message before it acknowledges it."""
+        return (
+            self.longest_countdown_seconds
+            + self.task_time_limit_seconds
+            + self.visibility_margin_seconds
+        )
+
+    @property
+    def visibility_margin_seconds(self) -> float:
+        """What the visibility timeout keeps beyond countdown + run: clock skew between
+        workers (kombu times it on each worker's own clock) and the wait of a due ETA
+        task for a free pool slot (about one call: the largest timeout_seconds)."""
+        return SKEW_MARGIN_SECONDS + max(d.timeout_seconds for d in self.deployments)
 
     @property
     def longest_countdown_seconds(self) -> float:

@@ -84,7 +84,8 @@ class DeploymentSettings(BaseModel):
     request_window_seconds: float = Field(default=1.0, gt=0, le=60)
     #: Window limiter: the gate's windows are this much longer than the provider's, so
     #: a call that reaches the provider up to this late after its slot still lands in a
-    #: window with room; a booked call starting later than this books again.
+    #: window with room; a booked call starting later than half this books again
+    #: (the other half is for its way to the provider).
     window_guard_seconds: float = Field(default=0.25, ge=0, le=10)
 
     @model_validator(mode="before")

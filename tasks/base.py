@@ -35,7 +35,16 @@ from budget import (
 from budget.estimate import Estimate, estimate_request
 from settings import DeploymentSettings, SettingsError
 from tasks import provider, runtime
-from tasks.delivery import H_BOOKING, H_REASON, H_REPLY, Delivery, backoff
+from tasks.deadline import DeadlineExceeded, run_with_deadline
+from tasks.delivery import (
+    H_BOOKING,
+    H_REASON,
+    H_REPLY,
+    Delivery,
+    backoff,
+    booking_from_header,
+    reply_from_header,
+)
 from tasks.errors import PermanentProviderError, TransientProviderError
 from tasks.request import LLMRequest, route
 
@@ -43,9 +52,13 @@ log = logging.getLogger(__name__)
 
 #: Redis (budget or broker) unreachable: fail closed, hold the message and wait.
 _OUTAGE = (redis.ConnectionError, redis.TimeoutError, BudgetUnavailable, OperationalError)
-#: A deferred booking comes back this much before its slot and waits out the rest in
-#: place: an ETA task can start late on a busy worker, and a late start loses its slot.
-WAKE_EARLY_SECONDS = 0.25
+#: A deferred booking comes back `inline_seconds` before its slot and waits out the
+#: rest in place, timed on the Redis clock: an ETA fires on the consuming worker's
+#: clock, which may lag the publisher's, and an ETA task can start late on a busy
+#: worker; a late start loses its slot. A booking this many `inline_seconds` ahead
+#: (or less) is waited for in place when it comes back, so a consumer whose clock is
+#: ahead by up to `inline_seconds` does not defer it again either.
+REDEEM_IN_PLACE = 2.0
 
 
 class BudgetedTask(Task):  # type: ignore[misc]
@@ -55,6 +68,13 @@ class BudgetedTask(Task):  # type: ignore[misc]
     max_retries = None
     acks_late = True
     reject_on_worker_lost = True
+    # A hard time limit (prefork) kills the call with no result and no dead letter:
+    # requeue the message rather than ack it. Other failures dead-letter first and
+    # are acked. (acks_on_failure_or_timeout: Celery before 5.7; there a failure's
+    # reject without requeue removes the message from Redis, as an ack does.)
+    acks_on_timeout = False
+    acks_on_failure = True
+    acks_on_failure_or_timeout = False
 
     def execute(
         self,
@@ -109,14 +129,14 @@ class BudgetedTask(Task):  # type: ignore[misc]
         r = d.request
         try:
             dep = d.dep = route(d.rt.settings, r.body, r.deployment)
-            kept = d.header(H_REPLY)
-            if kept:  # paid for on an earlier delivery; only the write failed
-                return self._record(d, dep, provider.ProviderReply(**kept), estimated=0)
+            kept = reply_from_header(d.header(H_REPLY))
+            if kept is not None:  # paid for on an earlier delivery; only the write failed
+                return self._record(d, dep, kept, estimated=0)
             est = estimate_request(
                 r.body, endpoint=r.endpoint, model=dep.model, context_window=dep.context_window
             )
-            reservation = self._admit(d, dep, est)
-            reply = self._call(d, dep, reservation)
+            reservation, start = self._admit(d, dep, est)
+            reply = self._call(d, dep, reservation, start)
             return self._record(d, dep, reply, estimated=est.total)
         except (InvalidRequest, NeverAdmissible, PermanentProviderError, SettingsError) as exc:
             if isinstance(exc, PermanentProviderError):
@@ -130,28 +150,31 @@ class BudgetedTask(Task):  # type: ignore[misc]
             log.exception("request %s of job %s failed unexpectedly", r.custom_id, r.job)
             d.dead_letter(exc, code="internal_error")
 
-    def _admit(self, d: Delivery, dep: DeploymentSettings, est: Estimate) -> Reservation:
+    def _admit(
+        self, d: Delivery, dep: DeploymentSettings, est: Estimate
+    ) -> tuple[Reservation, float]:
+        """A reservation for this call and when (monotonic) it may start."""
         # BudgetUnavailable propagates: `execute` fails closed and waits for Redis.
         gate = d.rt.gate
-        booking = d.header(H_BOOKING)
-        if booking and booking.get("deployment") == dep.name:
-            reservation = Reservation(**booking)
+        reservation = booking_from_header(d.header(H_BOOKING))
+        if reservation is not None and reservation.deployment == dep.name:
             # One round trip checks the booking against the gate and uses it up: a
             # copy of this message, or a booking made before a 429, gets no call.
-            answer, now = gate.redeem(reservation, inline_seconds=gate.inline_seconds)
+            answer, now = gate.redeem(
+                reservation, inline_seconds=REDEEM_IN_PLACE * gate.inline_seconds
+            )
             early = reservation.start_at - now
             if answer is Redemption.EARLY:
                 d.defer(
-                    early - WAKE_EARLY_SECONDS, reservation,
+                    early - gate.inline_seconds, reservation,
                     f"booked in {early:.1f}s (came back early)",
                 )  # fmt: skip
             if answer is Redemption.VALID:
-                if early > 0:
-                    time.sleep(early)
-                    return reservation
+                if early >= 0:
+                    return reservation, time.monotonic() + early
                 late_ok = gate.late_tolerance(dep.name, d.rt.settings.late_tolerance_seconds)
                 if -early <= late_ok:
-                    return reservation
+                    return reservation, time.monotonic()
                 # Started too late: the slot has passed; give it back where the limiter
                 # can (nothing was sent in it) and book again.
                 log.info(
@@ -168,7 +191,7 @@ class BudgetedTask(Task):  # type: ignore[misc]
         d.metric("reservations_total", outcome=decision.outcome.value)
         return self._decided(d, decision)
 
-    def _decided(self, d: Delivery, decision: Decision) -> Reservation:
+    def _decided(self, d: Delivery, decision: Decision) -> tuple[Reservation, float]:
         s = d.rt.settings
         if decision.outcome is Outcome.NEVER:
             assert decision.error is not None
@@ -185,23 +208,34 @@ class BudgetedTask(Task):  # type: ignore[misc]
         reservation = decision.reservation
         assert reservation is not None
         countdown = decision.countdown
+        inline = d.rt.gate.inline_seconds
         # A booking this close is waited for in place rather than through the broker.
-        if countdown > d.rt.gate.inline_seconds:
+        if countdown > inline:
             d.defer(
-                countdown - WAKE_EARLY_SECONDS, reservation,
+                countdown - inline, reservation,
                 f"booked on {decision.dimension} in {countdown:.1f}s",
             )  # fmt: skip
-        if countdown > 0:
-            time.sleep(countdown)
-        return reservation
+        return reservation, time.monotonic() + max(0.0, countdown)
 
     def _call(
-        self, d: Delivery, dep: DeploymentSettings, reservation: Reservation
+        self, d: Delivery, dep: DeploymentSettings, reservation: Reservation, start: float
     ) -> provider.ProviderReply:
         rt, r = d.rt, d.request
+        # Before the wait: between the slot and the provider there is only the HTTP
+        # request (a window limiter's guard band has nothing to spare for Redis).
         rt.jobs.transition(r.job, r.custom_id, "running")
+        wait = start - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
         try:
-            reply = provider.call(dep, r.endpoint, r.body)
+            reply = run_with_deadline(
+                lambda: provider.call(dep, r.endpoint, r.body), dep.timeout_seconds
+            )
+        except DeadlineExceeded:
+            timeout = TransientProviderError(f"timed out after {dep.timeout_seconds:g}s")
+            timeout.code = "timeout"
+            d.metric("provider_responses_total", status=timeout.code)
+            d.retry_transient(timeout)
         except TransientProviderError as exc:
             d.metric("provider_responses_total", status=str(exc.status or exc.code))
             if exc.status == 429:

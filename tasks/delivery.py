@@ -38,6 +38,59 @@ H_REASON = "quotaflow_reason"
 H_REPLY = "quotaflow_reply"
 
 
+def booking_from_header(value: Any) -> Reservation | None:
+    """The booking a message carries, or None when it carries none or one this
+    version cannot read (a rolling upgrade changed its fields): the request then
+    asks the gate again, which is always safe. Unknown fields are ignored."""
+    if not value:
+        return None
+    try:
+        return Reservation(
+            id=str(value["id"]),
+            deployment=str(value["deployment"]),
+            tokens=int(value["tokens"]),
+            requests=int(value["requests"]),
+            start_at=float(value["start_at"]),
+        )
+    except (TypeError, KeyError, ValueError) as exc:
+        log.warning("booking header unreadable (%r: %s); asking the gate again", value, exc)
+        return None
+
+
+def reply_from_header(value: Any) -> provider.ProviderReply | None:
+    """The paid reply a held-back message carries, or None when it carries none.
+
+    Read leniently: the body and the usage are what is paid for, and they are kept
+    whatever else changed between versions; only a reply without a body cannot be
+    stored (the request is then called again, and says so).
+    """
+    if not value:
+        return None
+    body = value.get("body") if isinstance(value, Mapping) else None
+    if not isinstance(body, dict):
+        log.error("kept reply unreadable (no body); the request is called again")
+        return None
+    raw_usage = body.get("usage")
+    usage: Mapping[str, Any] = raw_usage if isinstance(raw_usage, Mapping) else {}
+    headers = value.get("headers")
+
+    def number(name: str, default: Any) -> int:
+        try:
+            return int(value.get(name, default) or 0)
+        except (TypeError, ValueError):
+            return int(default or 0)
+
+    request_id = value.get("request_id")
+    return provider.ProviderReply(
+        body=body,
+        headers=dict(headers) if isinstance(headers, Mapping) else {},
+        status=number("status", 200) or 200,
+        request_id=str(request_id) if request_id is not None else None,
+        prompt_tokens=number("prompt_tokens", usage.get("prompt_tokens")),
+        completion_tokens=number("completion_tokens", usage.get("completion_tokens")),
+    )
+
+
 def backoff(attempt: int, *, base: float, cap: float, floor: float = 0.0) -> float:
     """Capped exponential backoff with full jitter, never below `floor` (itself capped)."""
     return max(min(floor, cap), random.uniform(0, min(cap, base * 2 ** min(attempt, 30))))

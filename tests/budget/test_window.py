@@ -213,7 +213,7 @@ def test_snapshot_and_late_tolerance(redis_client: redis.Redis) -> None:
     gate.reserve("w1", tokens=750)
     gate.reserve("w1", tokens=10)
     assert gate.snapshot("w1").booked_ahead_seconds > 1
-    assert gate.late_tolerance("w1", 2.0) == GUARD
+    assert gate.late_tolerance("w1", 2.0) == GUARD / 2
 
 
 def test_the_window_set_is_trimmed_and_expires(redis_client: redis.Redis) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import pytest
@@ -24,7 +25,7 @@ def test_edge_worker_kill_recovers_with_defaults(
     assert c.settings.visibility_timeout_seconds is None
     assert "QUOTAFLOW_VISIBILITY_TIMEOUT_SECONDS" not in settings_env(c.settings)
     vt = c.settings.visibility_timeout
-    assert vt == 2 * max(c.settings.longest_countdown_seconds, c.settings.task_time_limit_seconds)
+    assert vt == math.ceil(c.settings.longest_hold_seconds)
     (first,) = c.start_workers(1, pool="threads", concurrency=8)
     n = 120
     report = c.jobs.submit_bodies(bodies(n, seed=21))

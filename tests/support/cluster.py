@@ -86,7 +86,7 @@ def cluster_settings(redis_url: str, sim: Simulator, **overrides: Any) -> Settin
         "backoff_cap_seconds": 2.0,
         "defer_jitter_seconds": 0.5,
         "max_defer_seconds": 5.0,
-        # The visibility timeout is derived from these (40 s).
+        # The visibility timeout is derived from these (42 s).
         "budget_outage_wait_seconds": 5.0,
         "admission_log": True,
         "recover_after_seconds": 10.0,
