@@ -168,7 +168,7 @@ class Gate:
         now_us, status = self.store.run(
             "redeem",
             [lim.keys.booking(reservation.id), lim.keys.cooldown],
-            [int(reservation.start_at * _US), int(inline_seconds * _US)],
+            [round(reservation.start_at * _US), int(inline_seconds * _US)],
         )
         return _REDEMPTIONS[int(status)], now_us / _US
 

@@ -22,7 +22,10 @@ local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local start = tonumber(ARGV[1])
 local inline = tonumber(ARGV[2])
 
-if redis.call("EXISTS", KEYS[1]) == 0 then
+-- The marker holds the booked start ("1" from versions before it did): a message
+-- whose start was edited finds no booking, and the real one keeps it.
+local booked = redis.call("GET", KEYS[1])
+if not booked or (booked ~= "1" and math.abs(tonumber(booked) - start) > 1) then
   return {now, 1}
 end
 local cooling_until = tonumber(redis.call("GET", KEYS[2]) or 0)

@@ -104,7 +104,9 @@ end
 if start > now then
   -- The booking is single-use, so that a copy of the message or a forged header
   -- cannot skip the gate.
-  redis.call("SET", KEYS[5], "1", "PX",
+  -- The marker holds the slot: a copy of the message with another start finds no
+  -- booking (redeem.lua).
+  redis.call("SET", KEYS[5], string.format("%d", start), "PX",
              math.floor((start - now) / 1000) + tonumber(ARGV[11]))
   return {1, now, start, 0, binding}
 end

@@ -102,6 +102,18 @@ def test_edge_a_forged_booking_is_unknown(redis_client: redis.Redis) -> None:
     assert gate.redeem(forged, inline_seconds=1.0)[0] is Redemption.UNKNOWN
 
 
+def test_edge_a_booking_is_bound_to_its_slot(redis_client: redis.Redis) -> None:
+    # N17: the marker held "1", so a copy of the message with an earlier start_at
+    # redeemed VALID at the earlier time. The real slot stays good.
+    import dataclasses
+
+    gate = gate_for(redis_client)
+    r = book(gate)
+    earlier = dataclasses.replace(r, start_at=r.start_at - 0.05)
+    assert gate.redeem(earlier, inline_seconds=1.0)[0] is Redemption.UNKNOWN
+    assert gate.redeem(r, inline_seconds=1.0)[0] is Redemption.VALID
+
+
 def test_edge_early_return_keeps_the_booking(redis_client: redis.Redis) -> None:
     gate = gate_for(redis_client)
     gate.reserve("d1", tokens=1000)
