@@ -15,6 +15,7 @@ deferrals and retries name their queue themselves (main, retry).
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -23,10 +24,11 @@ from celery.utils.saferepr import saferepr
 from celery.worker.control import Panel
 from kombu.utils.encoding import safe_repr
 
-from budget import QuotaflowError
+from budget import InvalidRequest, QuotaflowError
 from pipeline import installed
 from pipeline.broker import deployment_queue
-from settings import SettingsError
+from settings import Settings, SettingsError
+from tasks.jobstate import ADHOC_JOB_SECONDS, adhoc_job, job_id_error
 from tasks.metrics import check_tenant
 from tasks.request import route
 
@@ -91,6 +93,19 @@ def route_task(
     return {"queue": deployment_queue(settings, dep.name)}
 
 
+def with_job_id(kwargs: Mapping[str, Any], settings: Settings | None) -> dict[str, Any]:
+    """A request's kwargs with its job id checked, or set to the adhoc job of now when
+    it has none: fixed in the message, so its retries count in the same job."""
+    job_id = kwargs.get("job_id")
+    if job_id is None:
+        seconds = ADHOC_JOB_SECONDS if settings is None else settings.adhoc_job_seconds
+        return {**kwargs, "job_id": adhoc_job(time.time(), seconds)}
+    error = job_id_error(job_id)
+    if error is not None:
+        raise InvalidRequest(error)
+    return dict(kwargs)
+
+
 class QuotaflowAMQP(AMQP):  # type: ignore[misc]
     """Builds quotaflow's task messages: argument reprs without the prompt; refusals."""
 
@@ -110,8 +125,11 @@ class QuotaflowAMQP(AMQP):  # type: ignore[misc]
             # A signal handler cannot refuse: Celery logs its exceptions and publishes.
             if settings is not None and settings.redis_url is None:
                 raise SettingsError(NO_REDIS)
+            if kwargs is None:
+                kwargs = {}
             if isinstance(kwargs, Mapping):
                 check_tenant(kwargs.get("tenant"))
+                kwargs = with_job_id(kwargs, settings)
             if argsrepr is None and kwargsrepr is None:
                 argsrepr, kwargsrepr = message_reprs(self, args, kwargs)
         return super().as_task_v2(

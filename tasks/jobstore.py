@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Iterator
-from importlib import resources
 from typing import Any
 
 import redis
 
 from budget.store import command, execute_packed
+from tasks.jobindex import OpenJobs, script
 from tasks.jobstate import (  # noqa: F401  - re-exported: callers import them from here
     ADHOC_JOB,
     RETENTION_SECONDS,
@@ -29,14 +29,9 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _script(client: redis.Redis, name: str) -> Any:
-    text = resources.files("tasks").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
-    return client.register_script(text)
-
-
 class JobStore:
     """A job's keys expire `retention_seconds` after its last request finishes (done
-    or dead-lettered) and stop expiring when a request is added to it again."""
+    or dead-lettered) and stop expiring when a new request is added to it."""
 
     def __init__(
         self,
@@ -48,12 +43,15 @@ class JobStore:
         self.client = client
         self.prefix = key_prefix
         self.retention_seconds = retention_seconds
-        self._transition = _script(client, "transition")
-        self._record = _script(client, "record")
-        self._dead = _script(client, "dead")
-        self._claim = _script(client, "claim")
-        self._queue = _script(client, "queue")
-        self._add_queued = _script(client, "add_queued")
+        self._transition = script(client, "transition")
+        self._record = script(client, "record")
+        self._dead = script(client, "dead")
+        self._claim = script(client, "claim")
+        self._queue = script(client, "queue")
+        self._add_queued = script(client, "add_queued")
+        self._arrive = script(client, "arrive")
+        #: The jobs that may have unfinished requests (pipeline.recovery reads it).
+        self.open = OpenJobs(client, key_prefix=key_prefix)
 
     def keys(self, job_id: str) -> JobKeys:
         return job_keys(self.prefix, job_id)
@@ -61,6 +59,11 @@ class JobStore:
     @property
     def index_key(self) -> str:
         return f"{self.prefix}:jobs"
+
+    @property
+    def queues_key(self) -> str:
+        """The set of every queue a request was published to or a worker consumed."""
+        return f"{self.prefix}:queues"
 
     def create(self, job_id: str, *, meta: dict[str, str] | None = None) -> None:
         k = self.keys(job_id)
@@ -86,30 +89,46 @@ class JobStore:
     def _count_in(self, job_id: str, added: int, estimated: int) -> None:
         k = self.keys(job_id)
         pipe = self.client.pipeline()
-        _persist(pipe, k)  # an unfinished job does not expire
+        if added:
+            _persist(pipe, k)  # a job with a new request is unfinished: it does not expire
         pipe.hincrby(k.counts, "queued", added)
         pipe.hincrby(k.meta, "total", added)
         pipe.hincrby(k.totals, "tokens_estimated", estimated)
         # A job made by `.delay(..., job_id=...)` is never created: list it all the same.
         pipe.hsetnx(k.meta, "created_at", repr(time.time()))
-        pipe.zadd(self.index_key, {job_id: time.time()}, nx=True)
         pipe.execute()
+        self._list(job_id)
 
-    def record_published(self, job_id: str, custom_id: str, request: dict[str, Any]) -> None:
-        """Count one request in and keep it for recovery, as its message is published.
+    def _list(self, job_id: str, pipe: Any = None) -> None:
+        """List the job in the index and the open jobs (after its requests' `touched`
+        entries are written: see tasks.jobindex)."""
+        now = time.time()
+        p = self.client.pipeline(transaction=False) if pipe is None else pipe
+        p.zadd(self.index_key, {job_id: now}, nx=True)
+        p.zadd(self.open.key, {job_id: now})
+        if pipe is None:
+            p.execute()
 
-        One pipelined round trip: the script (the job's keys) and the job index.
+    def record_published(
+        self, job_id: str, custom_id: str, request: dict[str, Any], *, queue: str | None = None
+    ) -> None:
+        """Count one request in and keep it for recovery, once its message is published
+        (to `queue`, which joins the set of queues ever used).
+
+        One pipelined round trip: the script (the job's keys), the job indexes, the queues.
         """
         k = self.keys(job_id)
         now = repr(time.time())
+        first = [k.meta, k.states, k.counts, k.pending, k.touched]
         pipe = self.client.pipeline(transaction=False)
         self._queue(
-            keys=[k.meta, k.states, k.counts, k.pending, k.touched],
+            keys=[*first, *(key for key in k.all() if key not in first)],
             args=[custom_id, json.dumps(request, separators=(",", ":")), now],
             client=pipe,
         )
-        _persist(pipe, k)
-        pipe.zadd(self.index_key, {job_id: float(now)}, nx=True)
+        self._list(job_id, pipe)
+        if queue:
+            pipe.sadd(self.queues_key, queue)
         pipe.execute()
 
     def begin_publish(self, job_id: str, requests: dict[str, dict[str, Any]]) -> None:
@@ -129,9 +148,14 @@ class JobStore:
                 *_keep_pending(k, requests),
                 command(b"SADD", k.unsent.encode(), *ids),
                 command(b"EXEC"),
+                self._listing(job_id),
             ],
             retry=True,
         )
+
+    def _listing(self, job_id: str) -> bytes:
+        """`_list` for the open jobs, as one packed command to send after the requests."""
+        return command(b"ZADD", self.open.key.encode(), repr(time.time()).encode(), job_id.encode())
 
     def end_publish(self, job_id: str, custom_ids: Iterable[str]) -> None:
         ids = [cid.encode() for cid in custom_ids]
@@ -168,7 +192,11 @@ class JobStore:
         """Keep each request until it finishes, so a lost message can be sent again."""
         if not requests:
             return
-        execute_packed(self.client, _keep_pending(self.keys(job_id), requests), retry=True)
+        execute_packed(
+            self.client,
+            [*_keep_pending(self.keys(job_id), requests), self._listing(job_id)],
+            retry=True,
+        )
 
     def stale(
         self, job_id: str, *, older_than: float, limit: int | None = None
@@ -215,16 +243,6 @@ class JobStore:
         raw = self.client.hmget(self.keys(job_id).pending, custom_ids)
         return {cid: json.loads(r) for cid, r in zip(custom_ids, raw, strict=True) if r}
 
-    def open_jobs(self) -> list[str]:
-        """Jobs with unfinished requests: one pipelined HLEN per job in the index."""
-        ids = self.job_ids()
-        if not ids:
-            return []
-        pipe = self.client.pipeline(transaction=False)
-        for job_id in ids:
-            pipe.hlen(self.keys(job_id).touched)
-        return [j for j, n in zip(ids, pipe.execute(), strict=True) if n]
-
     def quiet(self, job_id: str) -> dict[str, float]:
         """Seconds each unfinished request that could be sent again has been silent."""
         k = self.keys(job_id)
@@ -252,15 +270,15 @@ class JobStore:
 
     def arrive(self, job_id: str, custom_id: str, *, first: bool) -> dict[str, Any] | None:
         """A delivery begins: the stored result if there is one (a redelivery), and on a
-        first delivery the request counted in if its publisher did not. One round trip
-        when it was (every submit and `.delay()`)."""
+        first delivery the request counted in if its publisher did not. An unfinished
+        request is touched (the recovery sweep sees it moved). One round trip when its
+        publisher counted it in (every submit and `.delay()`)."""
         k = self.keys(job_id)
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hget(k.results, custom_id)
-        if first:
-            pipe.hsetnx(k.states, custom_id, "queued")
-        raw, *added = pipe.execute()
-        if added and added[0]:
+        raw, added = self._arrive(
+            keys=[k.results, k.states, k.touched],
+            args=[custom_id, "1" if first else "0", repr(time.time())],
+        )
+        if added:
             self._count_in(job_id, 1, 0)
         return None if raw is None else json.loads(raw)
 

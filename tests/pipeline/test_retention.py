@@ -54,9 +54,10 @@ def test_delay_results_stay_retrievable_without_their_arguments(
     raw = redis_client.get(meta_key)
     assert raw is not None and b'"args"' not in raw and b"STARTED" not in raw
     assert 0 < int(redis_client.ttl(meta_key)) <= RETENTION
-    # adhoc, idle: it expires; a new request stops that until adhoc is idle again.
-    ttls = job_ttls(redis_client, c, ADHOC_JOB)
+    # Its adhoc job, idle: it expires; a new request stops that until it is idle again.
+    (adhoc,) = [j for j in c.jobs.store.job_ids() if j.startswith(f"{ADHOC_JOB}-")]
+    ttls = job_ttls(redis_client, c, adhoc)
     assert ttls and all(0 < t <= RETENTION for t in ttls.values()), ttls
     store = c.jobs.store
-    store.record_published(ADHOC_JOB, "in-flight", {"url": "/v1/chat/completions"})
-    assert all(t == -1 for t in job_ttls(redis_client, c, ADHOC_JOB).values())
+    store.record_published(adhoc, "in-flight", {"url": "/v1/chat/completions"})
+    assert all(t == -1 for t in job_ttls(redis_client, c, adhoc).values())
