@@ -69,7 +69,7 @@ def lose(client: redis.Redis, task_id: str, queue: str = QUEUE) -> None:
 def test_edge_failed_publish_leaves_nothing_to_resend(
     simulator: Any, cluster: Any, redis_client: redis.Redis
 ) -> None:
-    c = cluster(simulator(**SIM))
+    cluster(simulator(**SIM))
     # The broker refuses the message (its queue key holds something else): the publish
     # raises after Celery has built and routed it.
     redis_client.set(QUEUE, "not a list")
