@@ -329,6 +329,7 @@ def _start_sweeper(sender: Any = None, **_: Any) -> None:
         consumes = all_queues(rt.settings)
     try:
         recovery.consuming(consumes)
+        rt.jobs.open.adopt(rt.jobs.index_key)  # jobs made before the index of open jobs
     except redis.RedisError as exc:
         log.warning("queues not registered for recovery (Redis: %s)", exc)
     _sweeper = Sweeper(recovery, consumes).start()

@@ -37,6 +37,14 @@ class OpenJobs:
         self.cursor_key = f"{key_prefix}:jobs:open:cursor"
         self._unlist = script(client, "unlist")
 
+    def adopt(self, index_key: str) -> bool:
+        """Once per Redis: list every job of `index_key` (every job made before this
+        index existed; the finished ones leave it as slices read them)."""
+        if not self.client.set(f"{self.key}:adopted", "1", nx=True):
+            return False
+        self.client.zunionstore(self.key, [self.key, index_key], aggregate="MAX")
+        return True
+
     def slice(self, *, size: int = SLICE) -> list[str]:
         """Open jobs of the next part of the index (about `size`; continues the last
         slice's scan, from the start once it ends). Jobs found finished leave it."""

@@ -202,3 +202,15 @@ def test_edge_sweep_looks_in_queues_of_other_deployments(
     assert "quotaflow.sim2 has 1 waiting message(s) and no worker consumes it" in caplog.text
     assert new.jobs.status(adhoc_jobs(new)[0]).counts["queued"] == 1
     assert waiting.id
+
+
+def test_jobs_made_before_the_open_index_are_adopted_once(
+    simulator: Any, cluster: Any, redis_client: redis.Redis
+) -> None:
+    c = cluster(simulator(**SIM))
+    store = c.jobs.store
+    store.record_published("old", "r", {"url": "/v1/chat/completions"})
+    redis_client.delete(store.open.key)  # as a Redis written before the index existed
+    assert store.open.adopt(store.index_key)
+    assert store.open.all() == ["old"]
+    assert not store.open.adopt(store.index_key)
