@@ -81,7 +81,7 @@ def all_queues(settings: Settings) -> list[str]:
 
 
 #: Messages of a list one look-up command reads (`find_ids.lua`).
-FIND_SLICE = 1_000
+FIND_SLICE = 200
 
 
 class BrokerLookup:

@@ -55,6 +55,7 @@ import redis
 from celery import signals
 from redis.lock import Lock
 
+from budget import QuotaflowError
 from pipeline.broker import BrokerLookup, all_queues, queue_lists
 from pipeline.sending import send
 from settings import Settings
@@ -66,7 +67,7 @@ log = logging.getLogger(__name__)
 
 #: Most messages waiting in the queues that a sweep looks through to find lost ones
 #: (looks are read in bounded slices; this bounds the Redis time a sweep takes).
-SWEEP_MAX_WAITING = 200_000
+SWEEP_MAX_WAITING = 100_000
 #: Most jobs of the index of open jobs one sweep reads.
 SLICE_JOBS = 1_000
 #: Most stale requests one sweep checks (oldest first).
@@ -220,8 +221,12 @@ class Recovery:
             lost = [c for c in cids if now[c] == candidates[(job_id, c)]]
             self.store.touch(job_id, lost)
             for cid in lost:
-                send(job_id, cid, kept[(job_id, cid)])
-            resent += len(lost)
+                try:
+                    send(job_id, cid, kept[(job_id, cid)])
+                except QuotaflowError as exc:  # kept before its publisher checked it
+                    log.error("recovery: request %s of job %s not sent: %s", cid, job_id, exc)
+                    continue
+                resent += 1
         return resent
 
     def queues(self) -> list[str]:

@@ -17,6 +17,7 @@ from typing import Any
 import redis
 from celery import signals
 
+from pipeline.broker import all_queues
 from pipeline.messages import Batch, NoTemplate, Template
 from tasks import TASK_FOR_URL, runtime
 from tasks.errors import NotConfigured
@@ -91,6 +92,7 @@ def send_all(
     dict (task name -> queue -> template) to every call, so each is made once."""
     if not requests:
         return
+    _register_queues()
     task = TASK_FOR_URL[next(iter(requests.values()))["url"]]
     if not celery_result and all(TASK_FOR_URL[r["url"]] is task for r in requests.values()):
         # A pooled connection (a new one per chunk costs ~10 ms), a channel of our own
@@ -114,6 +116,29 @@ def send_all(
     with task.app.producer_or_acquire() as producer, producer.batch(max_size=BATCH_SIZE):
         for custom_id, pending in requests.items():
             send(job_id, custom_id, pending, celery_result=celery_result, producer=producer)
+
+
+#: The (Redis client, queues) this process added to the set of queues ever used.
+_registered: set[tuple[int, tuple[str, ...]]] = set()
+
+
+def _register_queues() -> None:
+    """Add this publisher's queues to the set of queues ever used, once per process:
+    a worker that does not know a deployment yet still looks in its queue before it
+    takes a request for lost (pipeline.recovery)."""
+    try:
+        rt = runtime.current()
+    except NotConfigured:
+        return
+    queues = tuple(all_queues(rt.settings))
+    if (id(rt.redis), queues) in _registered:
+        return
+    try:
+        rt.redis.sadd(rt.jobs.queues_key, *queues)
+    except redis.RedisError as exc:
+        log.warning("queues not registered for recovery (Redis: %s)", exc)
+        return
+    _registered.add((id(rt.redis), queues))
 
 
 @signals.after_task_publish.connect

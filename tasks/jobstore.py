@@ -289,19 +289,28 @@ class JobStore(RecoveryReads):
     def exists(self, job_id: str) -> bool:
         return bool(self.client.exists(self.keys(job_id).meta))
 
-    def job_ids(self) -> list[str]:
-        """Every job in the index; those whose data has expired leave it here."""
-        ids = [_text(j) for j in self.client.zrange(self.index_key, 0, -1)]
-        if not ids:
-            return []
-        pipe = self.client.pipeline(transaction=False)
-        for job_id in ids:
-            pipe.exists(self.keys(job_id).meta)
-        alive = pipe.execute()
-        gone = [j for j, a in zip(ids, alive, strict=True) if not a]
-        if gone:
+    def job_ids(self, *, last: int | None = None) -> list[str]:
+        """The jobs in the index, oldest first (only the `last` most recent when given);
+        those whose data has expired leave it here."""
+        while True:
+            start = 0 if last is None else -last
+            ids = [_text(j) for j in self.client.zrange(self.index_key, start, -1)]
+            if not ids:
+                return []
+            pipe = self.client.pipeline(transaction=False)
+            for job_id in ids:
+                pipe.exists(self.keys(job_id).meta)
+            alive = pipe.execute()
+            gone = [j for j, a in zip(ids, alive, strict=True) if not a]
+            if not gone:
+                return ids
             self.client.zrem(self.index_key, *gone)
-        return [j for j, a in zip(ids, alive, strict=True) if a]
+            if last is None:
+                return [j for j, a in zip(ids, alive, strict=True) if a]
+
+    def job_count(self) -> int:
+        """Jobs in the index (some may have expired since the last `job_ids`)."""
+        return int(self.client.zcard(self.index_key))
 
     def status(self, job_id: str) -> JobStatus:
         k = self.keys(job_id)

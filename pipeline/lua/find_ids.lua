@@ -13,7 +13,14 @@ local wanted = {}
 for i = 3, #ARGV do wanted[ARGV[i]] = true end
 local found = {redis.call("LLEN", KEYS[1])}
 for _, raw in ipairs(redis.call("LRANGE", KEYS[1], ARGV[1], ARGV[2])) do
-  local id = string.match(raw, '"id": "([^"\\]*)"')
+  -- A plain find (no pattern): several times faster over a message's base64 body.
+  local id
+  local at = string.find(raw, '"id": "', 1, true)
+  if at then
+    local stop = string.find(raw, '"', at + 7, true)
+    id = stop and string.sub(raw, at + 7, stop - 1)
+    if id and string.find(id, "\\", 1, true) then id = nil end
+  end
   if not id then
     local ok, message = pcall(cjson.decode, raw)
     if ok and type(message) == "table" and type(message.headers) == "table" then

@@ -22,7 +22,6 @@ from pipeline.broker import message_id, queue_lists
 from pipeline.recovery import Recovery
 from settings import DeploymentSettings
 from tasks import complete
-from tasks.jobstore import ADHOC_JOB
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -50,10 +49,6 @@ def sweep(c: Any) -> int:
     rec = Recovery(c.settings, c.jobs.store)
     with rec.lock(wait=10) as lock:
         return rec.sweep(lock)
-
-
-def adhoc_jobs(c: Any) -> list[str]:
-    return [j for j in c.jobs.store.job_ids() if j.startswith(f"{ADHOC_JOB}-")]
 
 
 def lose(client: redis.Redis, task_id: str, queue: str = QUEUE) -> None:
@@ -179,8 +174,13 @@ def test_edge_a_delivery_makes_its_request_move(
     assert not redis_client.hlen(store.keys("j").touched)
 
 
+@pytest.mark.parametrize("how", ["delay", "submit"])
 def test_edge_sweep_looks_in_queues_of_other_deployments(
-    simulator: Any, cluster: Any, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+    how: str,
+    simulator: Any,
+    cluster: Any,
+    redis_client: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     sim = simulator(**SIM)
     deps = [
@@ -189,7 +189,11 @@ def test_edge_sweep_looks_in_queues_of_other_deployments(
     ]
     # A publisher that knows a deployment the sweeping worker does not (a rolling deploy).
     new = cluster(sim, recover_after_seconds=1.0, deployments=deps)
-    waiting = complete.delay({**bodies(1)[0], "model": "gpt-4o"})
+    body = {**bodies(1)[0], "model": "gpt-4o"}
+    if how == "delay":
+        complete.delay(body, job_id="new")
+    else:
+        assert new.jobs.submit_bodies([body], job_id="new").submitted == 1
     assert redis_client.llen("quotaflow.sim2") == 1
     old = cluster(sim, recover_after_seconds=1.0)
     assert [d.name for d in old.settings.deployments] == ["sim"]
@@ -200,8 +204,7 @@ def test_edge_sweep_looks_in_queues_of_other_deployments(
     assert redis_client.llen("quotaflow.sim2") == 1
     assert not any(redis_client.llen(n) for q in ("quotaflow", QUEUE) for n in queue_lists(q))
     assert "quotaflow.sim2 has 1 waiting message(s) and no worker consumes it" in caplog.text
-    assert new.jobs.status(adhoc_jobs(new)[0]).counts["queued"] == 1
-    assert waiting.id
+    assert new.jobs.status("new").counts["queued"] == 1
 
 
 def test_jobs_made_before_the_open_index_are_adopted_once(
