@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from typing import Any
 
@@ -18,6 +19,7 @@ from support.cluster import sim_deployment
 from support.workload import SIM, bodies
 
 from budget import InvalidRequest
+from pipeline import recovery
 from pipeline.broker import message_id, queue_lists
 from pipeline.recovery import Recovery
 from settings import DeploymentSettings
@@ -172,6 +174,33 @@ def test_edge_a_delivery_makes_its_request_move(
     # A redelivery of a finished request touches nothing (the job stays finished).
     assert store.arrive("j", "r", first=True) == {}
     assert not redis_client.hlen(store.keys("j").touched)
+
+
+def test_edge_a_message_a_stalled_worker_holds_is_not_resent(
+    simulator: Any, cluster: Any, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    c = cluster(simulator(**SIM), recover_after_seconds=1.0)
+    r = complete.delay(bodies(1)[0], job_id="j")
+    # A worker popped the message (BRPOP): it is in no list, and its event loop stalls
+    # before it writes the message to the unacked hash (loaded host, GIL, slow reads).
+    (raw,) = redis_client.lrange(QUEUE, 0, -1)
+    lose(redis_client, r.id)
+    time.sleep(1.5)
+    real_sleep, sweeping = time.sleep, threading.get_ident()
+    gaps: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        real_sleep(seconds)
+        if threading.get_ident() != sweeping:
+            return
+        gaps.append(seconds)
+        if len(gaps) == 2:  # the loop gets to it more than a second after the first look
+            entry = json.dumps([json.loads(raw), "quotaflow", QUEUE])
+            redis_client.hset("unacked", "tag-1", entry)
+
+    monkeypatch.setattr(recovery.time, "sleep", sleep)
+    assert sweep(c) == 0
+    assert not redis_client.llen(QUEUE)  # not sent a second time
 
 
 @pytest.mark.parametrize("how", ["delay", "submit"])
