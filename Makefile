@@ -5,14 +5,31 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 sources = pipeline tasks budget settings simulator tests bench
 
-.PHONY: install lock demo test test-all lint bench worker flower up down chaos clean
+# `make worker` and `make flower` take these from the command line or the environment
+# (`make worker CONCURRENCY=128`, `FLOWER_ADDRESS=0.0.0.0 make flower`).
+POOL ?= threads
+CONCURRENCY ?= 64
+# Unique per `make worker` (the shell's pid): two workers on one host never share a name.
+WORKER_NAME ?= worker-$$$$@%h
+FLOWER_ADDRESS ?= 127.0.0.1
+FLOWER_PORT ?= 5555
+
+.PHONY: install install-runtime lock demo test test-all lint bench worker flower up down chaos clean
 
 # Installs are reproducible: every version comes from constraints.txt (see `lock`).
-$(VENV)/.installed: pyproject.toml constraints.txt
+# The runtime alone is enough for the demo, the workers and Flower; the dev tools
+# (pytest, mypy, ruff, matplotlib...) are installed for test, lint and bench.
+$(VENV)/.runtime: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e .
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.runtime
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $@
+
+install-runtime: $(VENV)/.runtime
 
 install: $(VENV)/.installed
 
@@ -29,7 +46,7 @@ lock:
 	mv constraints.txt.new constraints.txt
 	@echo "constraints.txt refreshed: review the diff, run make test"
 
-demo: install
+demo: install-runtime
 	$(BIN)/quotaflow demo
 
 test: install
@@ -52,14 +69,17 @@ bench: install
 chaos: install
 	$(PY) -m pytest -s -m slow tests/reliability tests/pipeline/test_jobs.py $(PYTEST_ARGS)
 
-worker: install
-	$(BIN)/celery -A pipeline worker -Q quotaflow,quotaflow.retry -c 8 -l info
+# The README's worker command: the threads pool, 64 calls in flight (LLM calls wait on
+# the network, not the CPU).
+worker: install-runtime
+	$(BIN)/celery -A pipeline worker -Q quotaflow,quotaflow.retry -P $(POOL) -c $(CONCURRENCY) -n $(WORKER_NAME) -l info
 
 # Flower reads FLOWER_BASIC_AUTH from its environment: the password stays off the
-# command line (and out of `ps`).
-flower: install
+# command line (and out of `ps`). It listens on loopback unless FLOWER_ADDRESS says
+# otherwise (Flower's own default is every interface).
+flower: install-runtime
 	@test -n "$$FLOWER_BASIC_AUTH" || { echo "set FLOWER_BASIC_AUTH=user:password" >&2; exit 2; }
-	$(BIN)/celery -A pipeline flower
+	$(BIN)/celery -A pipeline flower --address=$(FLOWER_ADDRESS) --port=$(FLOWER_PORT)
 
 up:
 	docker compose up -d

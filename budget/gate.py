@@ -26,6 +26,7 @@ from budget.limits import Limits, check_admissible, number
 from budget.reserve import ReserveCall
 from budget.snapshot import read_snapshot
 from budget.store import ScriptStore
+from budget.window import COUNTER_SECONDS, Windows, member
 from settings import DeploymentSettings, SettingsError
 
 log = logging.getLogger(__name__)
@@ -50,8 +51,12 @@ _NEIGHBOUR_SMOOTHING_SECONDS = 6.0
 #: ...its updates at least this far apart...
 _NEIGHBOUR_SAMPLE_SECONDS = 0.5
 #: ...and the share of the provider's bucket it keeps left there, so that a
-#: neighbour's burst meets tokens to spare instead of a 429.
+#: neighbour's burst meets tokens to spare instead of a 429. Never more than half of
+#: what the gate's own burst leaves at the provider (see `_keep`).
 _NEIGHBOUR_RESERVE = 0.05
+#: Window limiter: usage the provider reports beyond the gate's own starts, up to this
+#: share of its allowance, is read as counting noise, not as a neighbour.
+_WINDOW_NOISE = 0.02
 
 
 _REDEMPTIONS = {
@@ -229,50 +234,85 @@ class Gate:
             ],
         )
 
-    def observe(self, deployment: str, headers: Mapping[str, str]) -> bool:
+    def observe(
+        self, deployment: str, headers: Mapping[str, str], *, sent_at: float | None = None
+    ) -> bool:
         """After a successful call, read the provider's `x-ratelimit-*` headers.
 
-        When the provider reports less left than the gate believes, the bucket moves
-        to match; and what disappears faster than our own calls explain is learned
-        as a neighbour's rate, which the gate then leaves free (observe.lua). Without
-        the headers nothing changes. Returns True when a bucket moved.
+        `sent_at` is the call's start (Redis time, seconds): the headers tell the
+        provider's state when it counted the call, not when the reply came back.
+        Bucket: when the provider reports less left than the gate believes, the bucket
+        moves to match; and what disappears faster than our own calls explain is
+        learned as a neighbour's rate, which the gate then leaves free (observe.lua).
+        Window: usage beyond the gate's own starts over the provider's counter is a
+        neighbour's, left free the same way (window_sync.lua). Without the headers
+        nothing changes. Returns True when the gate tightened.
         """
         lim = self.limits(deployment)
         lower = {k.lower(): v for k, v in headers.items()}
         if lim.windows is not None:
-            # "Remaining" is what the provider's window still admits; usage beyond the
-            # gate's own starts of the last window (someone else's) is added at the back
-            # of the line: in window mode, that is how a neighbour is left its share.
-            _, moved = self.store.run(
-                "window_push",
-                [lim.keys.window, lim.keys.settled("-")],
-                lim.windows.push_args(
-                    remaining_tokens=number(lower.get("x-ratelimit-remaining-tokens")),
-                    remaining_requests=number(lower.get("x-ratelimit-remaining-requests")),
-                ),
-            )
+            moved = self._observe_windows(lim, lim.windows, lower, sent_at)
         else:
-            moved = self._observe_buckets(lim, lower)
+            moved = self._observe_buckets(lim, lower, sent_at)
         if moved:
             log.info("deployment %s: provider reports less quota left; gate tightened", deployment)
         return bool(moved)
 
-    def _observe_buckets(self, lim: Limits, lower: Mapping[str, str]) -> int:
+    def _observe_windows(
+        self, lim: Limits, windows: Windows, lower: Mapping[str, str], sent_at: float | None
+    ) -> int:
+        dep = lim.settings
+        tokens_left = number(lower.get("x-ratelimit-remaining-tokens"))
+        requests_left = number(lower.get("x-ratelimit-remaining-requests"))
+        if tokens_left is None and requests_left is None and self.neighbour_learning:
+            return 0
+        # The provider's counter: the minute, unless its limit headers name a shorter
+        # period (a limit of tpm/6 is a 10 s counter).
+        token_limit = number(lower.get("x-ratelimit-limit-tokens")) or dep.tpm
+        period = min(COUNTER_SECONDS, max(dep.window_seconds, 60.0 * token_limit / dep.tpm))
+        _, learning = self.store.run(
+            "window_sync",
+            [lim.keys.window, lim.keys.rate],
+            [
+                "" if tokens_left is None else repr(tokens_left),
+                "" if requests_left is None else repr(requests_left),
+                repr(dep.tpm * period / 60.0),
+                repr(dep.rpm * period / 60.0),
+                round(period * _US),
+                # The gate's own starts up to this moment are what the provider counted.
+                round((sent_at if sent_at is not None else self.store.time()) * _US),
+                repr(self.neighbour_sample_seconds),
+                repr(COUNTER_SECONDS),
+                _WINDOW_NOISE,
+                _FACTOR_FLOOR,
+                "1" if self.neighbour_learning else "0",
+            ],
+        )
+        return int(learning)
+
+    def _keep(self, limit: float, capacity: float) -> float:
+        """What the controller keeps left at the provider: a share of its bucket, but
+        never more than half of what the gate's own full burst leaves there (the
+        provider's bucket less the burst). Otherwise the gate's own first burst reads
+        as a neighbour and the rate falls with nobody else on the key."""
+        return max(0.0, min(self.neighbour_reserve * limit, (limit - capacity) / 2))
+
+    def _observe_buckets(self, lim: Limits, lower: Mapping[str, str], sent_at: float | None) -> int:
         dep = lim.settings
         sync: list[str] = []
         left: list[str] = []
         keep: list[str] = []
-        for dim, interval, tolerance, per_minute in (
-            ("tokens", lim.token_interval_us, lim.token_tolerance_us, dep.tpm),
-            ("requests", lim.request_interval_us, lim.request_tolerance_us, dep.rpm),
-        ):
+        for dim, interval, tolerance, per_minute, capacity in (
+            ("tokens", lim.token_interval_us, lim.token_tolerance_us, dep.tpm,
+             dep.token_capacity),
+            ("requests", lim.request_interval_us, lim.request_tolerance_us, dep.rpm,
+             dep.request_capacity),
+        ):  # fmt: skip
             remaining = number(lower.get(f"x-ratelimit-remaining-{dim}"))
             learn = remaining is not None and self.neighbour_learning
-            # What to keep left at the provider: a share of its bucket (its limit).
-            reserve = self.neighbour_reserve * (
-                number(lower.get(f"x-ratelimit-limit-{dim}")) or per_minute
-            )
-            keep.append(repr(reserve))
+            # The provider's bucket holds its limit (a minute of quota unless it says).
+            limit = number(lower.get(f"x-ratelimit-limit-{dim}")) or per_minute
+            keep.append(repr(self._keep(limit, capacity)))
             left.append(repr(remaining) if learn else "")
             # The bucket holds `remaining` when its TAT is tolerance - remaining ahead.
             sync.append("" if remaining is None else repr(tolerance - remaining * interval))
@@ -293,6 +333,7 @@ class Gate:
                 repr(lim.request_interval_us),
                 repr(lim.token_tolerance_us),
                 repr(lim.request_tolerance_us),
+                "" if sent_at is None else round(sent_at * _US),
             ],
         )
         return int(moved)
@@ -310,8 +351,9 @@ class Gate:
         """
         lim = self.limits(reservation.deployment)
         if lim.windows is not None:
-            member = f"{reservation.tokens} {reservation.requests} {reservation.id}"
-            self.store.zrem(lim.keys.window, member)
+            self.store.zrem(
+                lim.keys.window, member(reservation.tokens, reservation.requests, reservation.id)
+            )
 
     def late_tolerance(self, deployment: str, default: float) -> float:
         """How late a booked call may start and still use its slot: `default` for a

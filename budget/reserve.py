@@ -51,7 +51,7 @@ class ReserveCall:
             head = (keys.window, keys.cooldown, keys.rate, keys.log)
             middle = (
                 w.token_allowance, w.request_allowance, w.token_window_us,
-                w.request_window_us, horizon_us, log, log_max,
+                w.request_window_us, horizon_us, log, log_max, w.memory_us,
             )  # fmt: skip
         else:
             self.script = "reserve"

@@ -25,9 +25,10 @@ def read_snapshot(store: ScriptStore, lim: Limits, rate_regain_per_second: float
         return max(0.0, min(capacity, (tolerance - max(0, tat - now_us)) / interval))
 
     if lim.windows is not None:
+        longest = max(lim.windows.token_window_us, lim.windows.request_window_us)
         state = window_state(
-            lim.windows, store.zrange(lim.keys.window), now_us=now_us,
-            cooldown_us=cool_us, factor=token_factor,
+            lim.windows, store.zrange(lim.keys.window, after=now_us - longest), now_us=now_us,
+            cooldown_us=cool_us, token_factor=token_factor, request_factor=request_factor,
         )  # fmt: skip
         return BudgetSnapshot(
             deployment=dep.name,
@@ -40,13 +41,10 @@ def read_snapshot(store: ScriptStore, lim: Limits, rate_regain_per_second: float
             cooldown_seconds=max(0.0, (cool_us - now_us) / _US),
             rate_factor=token_factor,
             request_rate_factor=request_factor,
-            neighbour_tpm=state.neighbour_tokens_per_second * 60,
-            neighbour_rpm=state.neighbour_requests_per_second * 60,
-            # Others' usage is pushed into the windows: what is left is ours.
-            effective_tpm=max(0.0, dep.tpm * token_factor - state.neighbour_tokens_per_second * 60),
-            effective_rpm=max(
-                0.0, dep.rpm * request_factor - state.neighbour_requests_per_second * 60
-            ),
+            neighbour_tpm=nt / 1000 * 60,
+            neighbour_rpm=nr / 1000 * 60,
+            effective_tpm=dep.tpm * token_factor,
+            effective_rpm=dep.rpm * request_factor,
         )
     ahead = max(tok_us - lim.token_tolerance_us, req_us - lim.request_tolerance_us) - now_us
     return BudgetSnapshot(

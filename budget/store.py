@@ -20,6 +20,7 @@ import redis
 from redis.exceptions import NoScriptError
 
 from budget.errors import BudgetError, BudgetStoreError, BudgetUnavailable
+from budget.resp import bulk
 
 _SCRIPTS = (
     "reserve",
@@ -30,6 +31,7 @@ _SCRIPTS = (
     "redeem",
     "window",
     "window_push",
+    "window_sync",
 )
 #: Error replies that mean "not now" (a restart, a failover, a long script): they
 #: pass, so the gate fails closed and waits. Any other error is a fault to report.
@@ -40,11 +42,6 @@ _PASSING = (
     redis.exceptions.ClusterDownError,
     redis.exceptions.MasterDownError,
 )
-
-
-def bulk(value: bytes) -> bytes:
-    """One RESP bulk string."""
-    return b"$%d\r\n%b\r\n" % (len(value), value)
 
 
 def _arg(value: str | int | float) -> bytes:
@@ -66,49 +63,13 @@ class Packer:
         return b"".join(bulk(_arg(v)) for v in values)
 
 
-def command(*args: bytes) -> bytes:
-    """One Redis command as RESP, packed at once (redis-py packs argument by argument:
-    for commands of hundreds of arguments, most of their client cost)."""
-    return b"*%d\r\n" % len(args) + b"".join(map(bulk, args))
-
-
-def execute_packed(client: redis.Redis, commands: Sequence[bytes], *, retry: bool) -> list[Any]:
-    """Send packed commands in one round trip on a connection of `client`'s pool and
-    return their replies in order; an error reply raises (inside MULTI/EXEC too).
-
-    With `retry` (idempotent commands only), a connection that fails is dropped and
-    the whole batch goes again under the client's retry policy, as redis-py would.
-    """
-
-    def once() -> list[Any]:
-        conn.send_packed_command(commands)
-        replies = [conn.read_response() for _ in commands]
-        for reply in replies:
-            if isinstance(reply, list):
-                for item in reply:
-                    if isinstance(item, Exception):
-                        raise item
-        return replies
-
-    pool = client.connection_pool
-    conn = pool.get_connection()
-    try:
-        try:
-            return once()
-        except (redis.ConnectionError, redis.TimeoutError):
-            if not retry:
-                raise
-            conn.disconnect()
-            return conn.retry.call_with_retry(once, lambda _: conn.disconnect())  # type: ignore[no-any-return]
-    except BaseException:
-        conn.disconnect()  # replies may be left unread: never reuse it out of step
-        raise
-    finally:
-        pool.release(conn)
+def _read(name: str) -> str:
+    return resources.files("budget").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
 
 
 def _load(name: str) -> str:
-    return resources.files("budget").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
+    # Lua has no includes: what several scripts share comes first in each.
+    return _read("common") + "\n" + _read(name)
 
 
 class ScriptStore:
@@ -188,10 +149,11 @@ class ScriptStore:
             raise BudgetUnavailable(f"budget store unreachable ({exc})") from exc
         return sec + usec / 1e6
 
-    def zrange(self, key: str) -> list[tuple[bytes, float]]:
-        """A sorted set's members with their scores, lowest first."""
+    def zrange(self, key: str, *, after: int | None = None) -> list[tuple[bytes, float]]:
+        """A sorted set's members (scored above `after`), with their scores, lowest first."""
+        low = "-inf" if after is None else f"({after}"
         try:
-            pairs: Any = self.client.zrange(key, 0, -1, withscores=True)
+            pairs: Any = self.client.zrangebyscore(key, low, "+inf", withscores=True)
             return [(m if isinstance(m, bytes) else str(m).encode(), float(s)) for m, s in pairs]
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise BudgetUnavailable(f"budget store unreachable ({exc})") from exc

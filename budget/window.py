@@ -19,6 +19,20 @@ from dataclasses import dataclass
 from settings import DeploymentSettings
 
 _US = 1_000_000
+#: The provider's counter behind its x-ratelimit-remaining-* headers, when its
+#: x-ratelimit-limit-* headers do not say otherwise: Azure reports the minute.
+COUNTER_SECONDS = 60.0
+
+
+def member(tokens: int, requests: int, reservation_id: str) -> str:
+    """A window set member, as `window.lua` writes it (`common.lua`: window_member)."""
+    return f"{tokens} {requests} {reservation_id}"
+
+
+def units(raw: bytes) -> tuple[int, int]:
+    """The tokens and requests of a window set member."""
+    tokens, requests = raw.split(b" ", 2)[:2]
+    return int(tokens), int(requests)
 
 
 @dataclass(frozen=True)
@@ -35,6 +49,9 @@ class Windows:
     request_window_us: int
     #: Seconds a call may reach the provider after its slot and still be counted right.
     guard_seconds: float
+    #: How long past starts are kept: the longest window, or the provider's counter
+    #: (plus the guard) that header sync compares them with, whichever is longer.
+    memory_us: int
 
     @classmethod
     def of(cls, dep: DeploymentSettings) -> Windows | None:
@@ -48,27 +65,13 @@ class Windows:
             token_window_us=round((dep.window_seconds + guard) * _US),
             request_window_us=round((dep.request_window_seconds + guard) * _US),
             guard_seconds=guard,
-        )
+            memory_us=round((max(dep.window_seconds, dep.request_window_seconds,
+                                 COUNTER_SECONDS) + guard) * _US),
+        )  # fmt: skip
 
-    def push_args(
-        self,
-        *,
-        extra_tokens: int = 0,
-        remaining_tokens: float | None = None,
-        remaining_requests: float | None = None,
-        settled_ttl: int = 0,
-    ) -> list[str | int]:
-        """ARGV of `window_push.lua`."""
-        return [
-            max(0, extra_tokens),
-            "" if remaining_tokens is None else repr(remaining_tokens),
-            "" if remaining_requests is None else repr(remaining_requests),
-            repr(self.token_allowance),
-            repr(self.request_allowance),
-            self.token_window_us,
-            self.request_window_us,
-            settled_ttl,
-        ]
+    def push_args(self, *, extra_tokens: int, settled_ttl: int) -> list[str | int]:
+        """ARGV of `window_push.lua`: our own extra usage found at settle."""
+        return [max(0, extra_tokens), settled_ttl, self.memory_us]
 
 
 @dataclass(frozen=True)
@@ -81,10 +84,6 @@ class WindowState:
     requests_available: float
     #: Seconds from now to the last booked start.
     booked_ahead_seconds: float
-    #: Tokens and requests per second others used beyond the gate's own starts, as
-    #: header sync found them over the last window.
-    neighbour_tokens_per_second: float = 0.0
-    neighbour_requests_per_second: float = 0.0
 
 
 def window_state(
@@ -93,34 +92,24 @@ def window_state(
     *,
     now_us: int,
     cooldown_us: int,
-    factor: float,
+    token_factor: float,
+    request_factor: float,
 ) -> WindowState:
-    """Read the window set (`(member, start_us)` pairs) as of `now_us`."""
+    """Read the window set's starts from one window ago on (`(member, start_us)`
+    pairs) as of `now_us`."""
     last = max((s for _, s in starts), default=now_us)
     ahead = max(0.0, (max(last, cooldown_us) - now_us) / _US)
-    used = [0, 0]
-    others = [0, 0]
-    for member, start in starts:
-        tokens, requests, whose = member.split()[:3]
-        if now_us - windows.token_window_us < start <= now_us:
-            used[0] += int(tokens)
-        if now_us - windows.request_window_us < start <= now_us:
-            used[1] += int(requests)
-        if whose.startswith(b"n"):  # someone else's usage, seen at its id's time
-            seen = int(whose[1:].split(b":")[0])
-            if now_us - windows.token_window_us < seen <= now_us:
-                others[0] += int(tokens)
-            if now_us - windows.request_window_us < seen <= now_us:
-                others[1] += int(requests)
-    neighbours = {
-        "neighbour_tokens_per_second": others[0] / (windows.token_window_us / _US),
-        "neighbour_requests_per_second": others[1] / (windows.request_window_us / _US),
-    }
     if ahead > 0:  # first in line is whoever booked last: nothing starts now
-        return WindowState(0.0, 0.0, ahead, **neighbours)
+        return WindowState(0.0, 0.0, ahead)
+    used = [0, 0]
+    for raw, start in starts:
+        tokens, requests = units(raw)
+        if now_us - windows.token_window_us < start <= now_us:
+            used[0] += tokens
+        if now_us - windows.request_window_us < start <= now_us:
+            used[1] += requests
     return WindowState(
-        tokens_available=max(0.0, windows.token_allowance * factor - used[0]),
-        requests_available=max(0.0, windows.request_allowance * factor - used[1]),
+        tokens_available=max(0.0, windows.token_allowance * token_factor - used[0]),
+        requests_available=max(0.0, windows.request_allowance * request_factor - used[1]),
         booked_ahead_seconds=0.0,
-        **neighbours,
     )

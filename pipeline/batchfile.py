@@ -7,6 +7,7 @@ Input, one JSON object per line:
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,14 @@ from budget import QuotaflowError
 
 URLS = ("/v1/chat/completions", "/v1/embeddings")
 MAX_CUSTOM_ID = 512
+#: The custom_ids a job records refused lines under when the line has no usable
+#: custom_id of its own (`rejected_id`): reserved, a line may not use one.
+_REJECTED_ID = re.compile(r"#line-[0-9]+\Z")
+
+
+def rejected_id(line: int) -> str:
+    """The custom_id of refused line `line` that has no usable custom_id of its own."""
+    return f"#line-{line}"
 
 
 class BatchFileError(QuotaflowError):
@@ -46,11 +55,24 @@ class LineError:
         return f"line {self.line}: {self.message}"
 
 
+def _json_error(text: str, exc: json.JSONDecodeError) -> str:
+    """Where a line's JSON breaks, as a column of that line."""
+    unclosed = exc.msg.startswith("Unterminated string")
+    if unclosed or exc.pos >= len(text.rstrip()):
+        # The commonest cause: a line cut off (a truncated copy, an unfinished write).
+        what = f"a string opened at column {exc.pos + 1} is never closed" if unclosed else exc.msg
+        return f"not valid JSON: the line ends early, after column {len(text)} ({what}); cut off?"
+    return f"not valid JSON: {exc.msg.removesuffix(' at')} at column {exc.pos + 1}"
+
+
 def parse_line(number: int, text: str) -> BatchLine | LineError:
+    # Without its newline: an error at the end of the line is then at its last column,
+    # not at column 1 of a next line.
+    text = text.rstrip("\r\n")
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
-        return LineError(number, None, f"not valid JSON ({exc.msg} at column {exc.colno})")
+        return LineError(number, None, _json_error(text, exc))
     if not isinstance(obj, dict):
         return LineError(number, None, f"must be a JSON object, got {type(obj).__name__}")
     cid = obj.get("custom_id")
@@ -58,6 +80,12 @@ def parse_line(number: int, text: str) -> BatchLine | LineError:
         return LineError(number, None, "custom_id is missing or not a non-empty string")
     if len(cid) > MAX_CUSTOM_ID:
         return LineError(number, None, f"custom_id is longer than {MAX_CUSTOM_ID} characters")
+    if _REJECTED_ID.match(cid):
+        return LineError(
+            number, None,
+            f"custom_id {cid!r} is reserved: refused lines without a custom_id of their own "
+            "are reported as '#line-N'; choose another custom_id",
+        )  # fmt: skip
     method = obj.get("method", "POST")
     if method != "POST":
         return LineError(number, cid, f"method must be POST, got {method!r}")
@@ -70,13 +98,23 @@ def parse_line(number: int, text: str) -> BatchLine | LineError:
     return BatchLine(number, cid, url, body)
 
 
+def check_batch_path(path: Path) -> None:
+    """BatchFileError unless `path` names a file."""
+    if path.is_dir():
+        raise BatchFileError(
+            f"{path} is a directory: give the batch file in it (JSONL, one request per line)"
+        )
+    if not path.is_file():
+        raise BatchFileError(f"batch file not found: {path}")
+
+
 def read_batch(path: Path) -> Iterator[BatchLine | LineError]:
     """Stream a batch file line by line (a 100k-line file is never held in memory).
 
-    Blank lines are skipped; a repeated custom_id is an error on the later line.
+    Blank lines are skipped; a repeated custom_id is an error on the later line,
+    also when the earlier line was refused (the id is taken by its error).
     """
-    if not path.is_file():
-        raise BatchFileError(f"batch file not found: {path}")
+    check_batch_path(path)
     seen: set[str] = set()
     any_line = False
     try:
@@ -86,13 +124,14 @@ def read_batch(path: Path) -> Iterator[BatchLine | LineError]:
                     continue
                 any_line = True
                 parsed = parse_line(number, text)
-                if isinstance(parsed, BatchLine):
-                    if parsed.custom_id in seen:
+                cid = parsed.custom_id
+                if cid is not None:
+                    if cid in seen:
                         parsed = LineError(
-                            number, None, f"custom_id {parsed.custom_id!r} repeats an earlier line"
+                            number, None, f"custom_id {cid!r} repeats an earlier line"
                         )
                     else:
-                        seen.add(parsed.custom_id)
+                        seen.add(cid)
                 yield parsed
     except UnicodeDecodeError as exc:
         raise BatchFileError(f"{path} is not UTF-8 text ({exc.reason})") from exc

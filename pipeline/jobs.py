@@ -13,7 +13,14 @@ from typing import Any, TextIO
 from budget import InvalidRequest, NeverAdmissible
 from budget.estimate import estimate_request
 from budget.limits import check_admissible
-from pipeline.batchfile import URLS, BatchLine, LineError, output_error_line, read_batch
+from pipeline.batchfile import (
+    URLS,
+    BatchLine,
+    LineError,
+    output_error_line,
+    read_batch,
+    rejected_id,
+)
 from pipeline.messages import Template
 from pipeline.recovery import Recovery
 from pipeline.sending import pending_request, send, send_all
@@ -42,6 +49,21 @@ class SubmitReport:
     resumed: int = 0
     #: Tokens the submitted requests are estimated to cost.
     tokens_estimated: int = 0
+
+
+@dataclass
+class CancelReport:
+    """What a cancel did."""
+
+    job_id: str
+    #: Waiting requests dead-lettered `cancelled` (their messages are dropped on arrival).
+    cancelled: int = 0
+    #: Waiting requests with no kept copy (published before they were kept): left alone.
+    not_kept: int = 0
+    #: Requests with a result, kept.
+    done: int = 0
+    #: Requests being called now: they finish.
+    running: int = 0
 
 
 def new_job_id() -> str:
@@ -162,7 +184,7 @@ class Jobs:
 
     def _reject(self, report: SubmitReport, error: LineError) -> None:
         report.rejected.append(error)
-        cid = error.custom_id or f"line-{error.line}"
+        cid = error.custom_id or rejected_id(error.line)
         self.store.add_queued(report.job_id, [cid])
         self.store.record_dead(
             report.job_id,
@@ -239,6 +261,44 @@ class Jobs:
             self.store.claim_dead(job_id, cid, raw)
             replayed += 1
         return replayed, skipped
+
+    def cancel(self, job_id: str) -> CancelReport:
+        """Stop the job's waiting requests (queued, deferred, retrying): each is
+        dead-lettered `cancelled` (replayable) and its message dropped when it reaches a
+        worker. Requests running finish; results stay."""
+        self.status(job_id)
+        store = self.store
+        k = store.keys(job_id)
+        waiting = [
+            cid.decode()
+            for cid, state in store.client.hscan_iter(k.states, count=1000)
+            if state in (b"queued", b"deferred", b"retrying")
+        ]
+        report = CancelReport(job_id)
+        now = time.time()
+        for start in range(0, len(waiting), _PUBLISH_CHUNK):
+            chunk = waiting[start : start + _PUBLISH_CHUNK]
+            kept = store.pending(job_id, chunk)
+            report.not_kept += len(chunk) - len(kept)
+            entries = {
+                cid: {
+                    "custom_id": cid, "job_id": job_id,
+                    "endpoint": ENDPOINT_FOR_URL.get(request.get("url", ""), "chat"),
+                    "body": request.get("body"), "deployment": request.get("deployment"),
+                    "tenant": request.get("tenant"),
+                    "error": {"code": "cancelled", "message": (
+                        f"cancelled before it was sent (`quotaflow cancel {job_id}`); "
+                        f"`quotaflow replay {job_id}` sends it again")},
+                    "status": None, "task_id": request.get("task_id") or "", "attempts": 0,
+                    "at": now,
+                }
+                for cid, request in kept.items()
+            }  # fmt: skip
+            report.cancelled += store.cancel(job_id, entries)
+        status = self.status(job_id)
+        report.done = status.counts["done"]
+        report.running = status.counts["running"]
+        return report
 
     def recover(self, job_id: str, *, older_than: float | None = None) -> int:
         """Send again the unfinished requests whose message was lost.

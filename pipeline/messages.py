@@ -32,7 +32,7 @@ from celery import Celery, Task
 from kombu.utils.json import JSONEncoder
 from kombu.utils.json import dumps as kombu_dumps
 
-from budget.store import command, execute_packed
+from budget.resp import command, execute_packed
 from pipeline.publish import message_reprs, route_task
 from tasks.metrics import check_tenant
 

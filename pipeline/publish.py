@@ -7,6 +7,10 @@ quotaflow's tasks these show the request's custom_id, job, tenant, deployment an
 model instead, unless `show_task_arguments` is set. This holds for every publisher
 that uses the quotaflow app: `.delay()` from user code, `quotaflow submit`, retries.
 
+Refused before sending, with one error that says what to fix: a quotaflow message
+without a Redis to go to, an over-long tenant, a body with SDK call options among its
+keys (`extra_headers`, ...: tasks.provider.check_body).
+
 Where a message goes: a new request to its deployment's queue (`route_task`), where
 it waits in the broker while the deployment is booked ahead (pipeline.backlog);
 deferrals and retries name their queue themselves (main, retry).
@@ -15,10 +19,12 @@ deferrals and retries name their queue themselves (main, retry).
 from __future__ import annotations
 
 import functools
+import os
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import redis
 from celery.app.amqp import AMQP
 from celery.utils.saferepr import saferepr
 from celery.worker.control import Panel
@@ -27,9 +33,12 @@ from kombu.utils.encoding import safe_repr
 from budget import InvalidRequest, QuotaflowError
 from pipeline import installed
 from pipeline.broker import deployment_queue
-from settings import Settings, SettingsError
+from settings import Settings, SettingsError, redact_url
+from tasks import runtime
+from tasks.errors import NotConfigured
 from tasks.jobstate import ADHOC_JOB_SECONDS, adhoc_job, job_id_error
 from tasks.metrics import check_tenant
+from tasks.provider import check_body
 from tasks.request import route
 
 NO_REDIS = (
@@ -93,6 +102,34 @@ def route_task(
     return {"queue": deployment_queue(settings, dep.name)}
 
 
+class RedisUnreachable(QuotaflowError):
+    """A publisher's Redis does not answer: nothing was sent."""
+
+
+#: (process, URL) of each Redis that answered a publisher of this process.
+_answered: set[tuple[int, str]] = set()
+
+
+def check_reachable(url: str) -> None:
+    """Raise RedisUnreachable, in one line and at once, if the Redis at `url` does not
+    answer; checked once per process. (Celery's own path retries its result backend for
+    ~20 s and ends in a chain of tracebacks that never names the URL.)"""
+    if (os.getpid(), url) in _answered:
+        return
+    try:
+        client = runtime.current().redis
+    except NotConfigured:
+        return
+    try:
+        client.ping()
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise RedisUnreachable(
+            f"Redis at {redact_url(url)} does not answer ({exc}); nothing was sent: check "
+            "that it is running and that QUOTAFLOW_REDIS_URL (host, port, password) is right"
+        ) from None
+    _answered.add((os.getpid(), url))
+
+
 def with_job_id(kwargs: Mapping[str, Any], settings: Settings | None) -> dict[str, Any]:
     """A request's kwargs with its job id checked, or set to the adhoc job of now when
     it has none: fixed in the message, so its retries count in the same job."""
@@ -125,11 +162,18 @@ class QuotaflowAMQP(AMQP):  # type: ignore[misc]
             # A signal handler cannot refuse: Celery logs its exceptions and publishes.
             if settings is not None and settings.redis_url is None:
                 raise SettingsError(NO_REDIS)
+            if settings is not None and settings.redis_url is not None:
+                check_reachable(settings.redis_url)
             if kwargs is None:
                 kwargs = {}
             if isinstance(kwargs, Mapping):
                 check_tenant(kwargs.get("tenant"))
                 kwargs = with_job_id(kwargs, settings)
+            # The router sends a body no deployment serves on to be dead-lettered with
+            # its reason; a body carrying SDK call options is refused here, at once.
+            body = args[0] if isinstance(args, list | tuple) and args else None
+            if isinstance(body, Mapping):
+                check_body(body)
             if argsrepr is None and kwargsrepr is None:
                 argsrepr, kwargsrepr = message_reprs(self, args, kwargs)
         return super().as_task_v2(

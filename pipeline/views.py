@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from rich import box
 from rich.console import Group, RenderableType
@@ -19,8 +19,9 @@ from rich.text import Text
 
 from pipeline.broker import queue_depth
 from pipeline.console import console
-from pipeline.jobs import Jobs, SubmitReport
+from pipeline.jobs import CancelReport, Jobs, SubmitReport
 from pipeline.local import LocalWorkers
+from settings import DeploymentSettings
 from tasks.jobstore import JobStatus
 from tasks.metrics import parse_field
 from tasks.runtime import Runtime
@@ -149,7 +150,15 @@ def follow(
 # -- jobs -------------------------------------------------------------------------------
 
 
-def job_table(status: JobStatus, *, title: str, elapsed: float | None = None) -> Table:
+def job_table(
+    status: JobStatus,
+    *,
+    title: str,
+    elapsed: float | None = None,
+    deployments: Sequence[DeploymentSettings] = (),
+) -> Table:
+    """A job's counts; with `elapsed` and the `deployments` it ran on, its pace against
+    their quota."""
     c = status.counts
     table = Table(title=title, title_justify="left", show_header=False, box=None)
     table.add_column(style="bold")
@@ -166,20 +175,48 @@ def job_table(status: JobStatus, *, title: str, elapsed: float | None = None) ->
     usage = f"{num(status.prompt_tokens)} prompt + {num(status.completion_tokens)} completion"
     if status.tokens_estimated:
         # Requests sent with `.delay()` are estimated by the worker, not at submit.
-        usage += f" (estimated at submit: {num(status.tokens_estimated)})"
+        usage += f" used (estimated at submit: {num(status.tokens_estimated)})"
     table.add_row("tokens", usage)
-    table.add_row("cost", f"${status.cost_usd:,.4f}")
+    table.add_row("cost", _cost(status, deployments))
     table.add_row("deferrals", f"{status.deferrals} (postponed by the budget, not sent)")
     table.add_row("retries", f"{status.retries} (transient provider failures)")
     if elapsed is not None:
         minutes = max(elapsed, 1e-9) / 60
-        tokens = status.prompt_tokens + status.completion_tokens
-        table.add_row(
-            "elapsed",
-            f"{elapsed:.1f}s · {c['done'] / minutes:,.0f} requests/min · "
-            f"{tokens / minutes:,.0f} tokens/min on average",
-        )
+        table.add_row("elapsed", f"{elapsed:.1f}s · {c['done'] / minutes:,.0f} requests/min")
+        if deployments and status.tokens_estimated:
+            table.add_row("pace", _pace(status.tokens_estimated, minutes, deployments))
     return table
+
+
+def _cost(status: JobStatus, deployments: Sequence[DeploymentSettings]) -> str:
+    cost = f"${status.cost_usd:,.4f}"
+    unpriced = deployments and all(
+        not d.price_input_per_1m and not d.price_output_per_1m for d in deployments
+    )
+    if unpriced and not status.cost_usd:
+        cost += (
+            " (no prices set: give the deployment price_input_per_1m and "
+            "price_output_per_1m, USD per million tokens)"
+        )
+    return cost
+
+
+def _pace(charged: int, minutes: float, deployments: Sequence[DeploymentSettings]) -> str:
+    """Tokens charged against the quota: the burst it starts with, then its rate.
+
+    (Charged / elapsed alone reads as if the gate beat the quota: the first burst is
+    spent at once.) Charged is the estimate, prompt + max_tokens, as providers count.
+    """
+    burst = int(sum(d.token_capacity for d in deployments))
+    quota = sum(d.tpm for d in deployments)
+    head = f"~{num(charged)} tokens charged (prompt + max_tokens, as the provider counts)"
+    rest = charged - burst
+    if rest <= 0:
+        return f"{head}, all within the {num(burst)} the quota lets go at once"
+    return (
+        f"{head}: the first {num(burst)} at once (the burst the quota allows), the other "
+        f"{num(rest)} at {num(rest / minutes)}/min over the whole run (quota {num(quota)}/min)"
+    )
 
 
 def failures_table(jobs: Jobs, job_id: str, limit: int = 8) -> Table | None:
@@ -202,13 +239,15 @@ def failures_table(jobs: Jobs, job_id: str, limit: int = 8) -> Table | None:
 
 def _table(title: str, headers: list[str], rows: list[list[str]], caption: str = "") -> Table:
     """A table whose columns never cut a header or a value: only the first column, a
-    name, folds onto more lines when the terminal is narrow."""
+    name, folds onto more lines when the terminal is narrow. No blank edge lines: the
+    budget view must fit a 24-line terminal under `--watch`."""
     table = Table(
         title=title,
         title_justify="left",
         box=box.SIMPLE_HEAD,
         collapse_padding=True,
         pad_edge=False,
+        show_edge=False,
     )
     for i, header in enumerate(headers):
         if i == 0:
@@ -272,6 +311,23 @@ def recover_line(jobs: Jobs, job_id: str, *, sent: int, again: str) -> Text:
     return Text("; ".join(parts))
 
 
+def cancel_line(report: CancelReport, *, replay: str, results: str) -> Text:
+    """What `quotaflow cancel` did, and what it kept."""
+    parts = [
+        f"job {report.job_id}: {report.cancelled} waiting requests cancelled (nothing was "
+        f"sent for them; dead-lettered as `cancelled`: `{replay}` sends them again)",
+        f"{report.done} done kept (`{results}`)",
+    ]
+    if report.running:
+        parts.append(f"{report.running} running now finish and are kept")
+    if report.not_kept:
+        parts.append(
+            f"{report.not_kept} waiting requests were published without a kept copy and "
+            "could not be cancelled: they run"
+        )
+    return Text("; ".join(parts))
+
+
 def print_rejected(report: SubmitReport, limit: int = 10) -> None:
     for err in report.rejected[:limit]:
         console.print(f"[yellow]rejected[/] {escape(str(err))}", soft_wrap=True)
@@ -282,9 +338,27 @@ def print_rejected(report: SubmitReport, limit: int = 10) -> None:
 # -- budget and queues ------------------------------------------------------------------
 
 
-def budget_view(rt: Runtime) -> Group:
-    """Per deployment: the gate's state now, and what happened in the last minute."""
+#: What the budget view's columns mean (under `--watch`, printed once above the view).
+BUDGET_NOTES = {
+    "rate": "rate: the share of the token quota the gate allows now (lowered after a "
+    "provider 429 and won back with time; minus the neighbours' learned share)",
+    "others": "others: learned from the provider's headers, what clients that do not ask "
+    "the gate use of the key; gate: what the gate admits now",
+    "since": "* the previous clock minute and this one so far (counts are kept per "
+    "minute); granted, booked, wait, never: the gate's answers",
+}
+
+
+def budget_notes() -> Text:
+    return Text("\n".join(BUDGET_NOTES.values()), style="dim")
+
+
+def budget_view(rt: Runtime, *, notes: bool = True) -> Group:
+    """Per deployment: the gate's state now, and what happened since the previous clock
+    minute began; `notes=False` leaves out the footnotes (`budget_notes`)."""
     recent: dict[str, dict[str, float]] = {}
+    # The counters are kept per clock minute: the last two cover 60-120 s.
+    since = time.strftime("%H:%M", time.localtime((time.time() // 60 - 1) * 60))
     for raw, value in rt.metrics.last_minute().items():
         name, labels = parse_field(raw)
         per = recent.setdefault(labels.get("deployment", ""), {})
@@ -326,21 +400,19 @@ def budget_view(rt: Runtime) -> Group:
         ["deployment", "tokens free / burst", "requests free / burst", "booked ahead",
          "cooldown", "rate"],
         now,
-        "rate: the share of the token quota the gate allows now (lowered after a provider "
-        "429 and won back with time; minus the neighbours' learned share)",
+        BUDGET_NOTES["rate"] if notes else "",
     )  # fmt: skip
     rates_table = _table(
         "per minute",
         ["deployment", "tpm quota", "others", "gate", "rpm quota", "others", "gate"],
         rates,
-        "others: learned from the provider's headers, what clients that do not ask the "
-        "gate use of the key; gate: what the gate admits now",
+        BUDGET_NOTES["others"] if notes else "",
     )
     last_table = _table(
-        "last minute*",
+        f"since {since}:00*",
         ["deployment", "deferrals", "429s", "granted", "booked", "wait", "never"],
         last,
-        "* in this clock minute and the one before; granted ... never: the gate's answers",
+        BUDGET_NOTES["since"] if notes else "",
     )
     depth = queue_depth(rt.redis, rt.settings)
     return Group(

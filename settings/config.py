@@ -8,7 +8,7 @@ import math
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -122,8 +122,9 @@ class Settings(BaseSettings):
     eta_task_limit: PositiveInt = 2000
     #: Record every admission in Redis (for audits and the conformance tests).
     admission_log: bool = False
-    #: Show task arguments (prompts) in Flower, task events and `celery inspect`;
-    #: by default they show custom_id, job, tenant, deployment and model only.
+    #: Show task arguments (prompts) and results (responses) in Flower, task events, the
+    #: worker log and `celery inspect`; by default they show custom_id, job, tenant,
+    #: deployment and model only.
     show_task_arguments: bool = False
     #: Distinct tenant labels the metrics keep; later tenants are counted as `other`.
     metrics_max_tenants: PositiveInt = 100
@@ -300,17 +301,74 @@ def load_settings(
             return cls(**overrides)  # type: ignore[arg-type, no-any-return]
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
-        raise SettingsError(describe_validation_error(exc, origin=sources.origin)) from exc
+        names = deployment_names(overrides.get("deployments", sources.raw("deployments")))
+        raise SettingsError(
+            describe_validation_error(exc, origin=sources.origin, deployments=names)
+        ) from exc
     except ParseError as exc:
         raise SettingsError(sources.describe(exc)) from exc
 
 
+def deployment_names(raw: object) -> list[str | None]:
+    """The name of each deployment in a raw `deployments` value, where it has one."""
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            return []
+    if not isinstance(raw, list):
+        return []
+    names: list[str | None] = []
+    for item in raw:
+        name = item.get("name") if isinstance(item, dict) else getattr(item, "name", None)
+        names.append(name if isinstance(name, str) and name else None)
+    return names
+
+
+def _deployment_error(err: Any, names: Sequence[str | None]) -> str | None:
+    """One deployment's error, named by the deployment (not `deployments.0`), or None
+    when `err` is not about one deployment."""
+    loc = err["loc"]
+    if len(loc) < 2 or loc[0] != "deployments" or not isinstance(loc[1], int):
+        return None
+    i = loc[1]
+    name = names[i] if i < len(names) else None
+    who = f"deployment {name!r}" if name else f"deployment #{i + 1}"
+    field = ".".join(str(p) for p in loc[2:])
+    msg = err["msg"].removeprefix("Value error, ")
+    if not field:  # a check across the deployment's fields
+        return f"{who}: {msg}"
+    if err["type"] == "extra_forbidden" and len(loc) == 3:
+        known = list(DeploymentSettings.model_fields)
+        close = difflib.get_close_matches(field, known, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]}?" if close else f"the fields are {', '.join(known)}"
+        return f"{who}: {field}: not a deployment field ({hint})"
+    if err["type"] == "missing":
+        return f"{who}: {field}: required"
+    return f"{who}: {field}: {msg} (got {_short(err.get('input'))})"
+
+
 def describe_validation_error(
-    exc: ValidationError, *, origin: Callable[[str], str] | None = None
+    exc: ValidationError,
+    *,
+    origin: Callable[[str], str] | None = None,
+    deployments: Sequence[str | None] = (),
 ) -> str:
     lines = ["invalid quotaflow settings:"]
     fields = list(Settings.model_fields)
-    for err in exc.errors():
+    errors = exc.errors()
+    # A misspelt field (`tmp`) already says "did you mean tpm?": its "tpm: required"
+    # would say it twice.
+    suggested = {
+        (err["loc"][1], close)
+        for err in errors
+        if err["type"] == "extra_forbidden" and len(err["loc"]) == 3
+        and err["loc"][0] == "deployments"
+        for close in difflib.get_close_matches(
+            str(err["loc"][2]), list(DeploymentSettings.model_fields), n=1, cutoff=0.6
+        )
+    }  # fmt: skip
+    for err in errors:
         where = ".".join(str(p) for p in err["loc"])
         top = str(err["loc"][0]) if err["loc"] else ""
         if not where:  # a check across fields: its message says it all
@@ -321,7 +379,12 @@ def describe_validation_error(
             hint = f" (did you mean {close[0]}?)" if close else ""
             lines.append(f"  {where}: not a quotaflow setting{hint}")
             continue
-        line = f"  {where}: {err['msg']} (got {_short(err.get('input'))})"
+        if err["type"] == "missing" and tuple(err["loc"][1:]) in suggested:
+            continue
+        line = _deployment_error(err, deployments) or (
+            f"  {where}: {err['msg']} (got {_short(err.get('input'))})"
+        )
+        line = line if line.startswith("  ") else f"  {line}"
         if origin is not None and top and origin(top):
             line += f" {origin(top)}"
         lines.append(line)

@@ -66,6 +66,15 @@ class Sources:
             return f"from {self.toml_file}"
         return ""
 
+    def raw(self, field: str) -> Any:
+        """`field`'s value as its source holds it (by precedence), or None."""
+        name = ENV_PREFIX + field.upper()
+        for values in (self.environ, self.dotenv):
+            found = [v for k, v in values.items() if k.upper() == name and v]
+            if found:
+                return found[0]
+        return self.toml.get(field)
+
     def unknown(self, fields: Iterable[str]) -> list[str]:
         """One message per QUOTAFLOW_* name that matches no field, naming the closest."""
         known = list(fields)

@@ -6,7 +6,8 @@ Used by the demo, the integration tests and the benchmarks. It serves
 arrival as the providers do (prompt characters / 4 + the output limit x ``n``);
 enforces TPM and RPM with an OpenAI- or Azure-style policy (``limits``); answers 429
 with ``retry-after``/``retry-after-ms``; adds latency and faults (``faults``); and counts
-what it did at ``GET /stats`` (``stats``).
+what it did at ``GET /stats`` (``stats``), with the path and headers of the last
+100 API requests (keys masked) for tests to check what a client sent.
 
 Message text may carry triggers for tests: ``[[status:NNN]]`` (with ``[[code:X]]``
 and, for 429, ``[[retry_after:S]]``), ``[[latency:S]]``, ``[[drop]]`` and

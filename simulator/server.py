@@ -201,7 +201,7 @@ class Simulator:
         api = _API_PATH.match(path)
         if api and method == "POST":
             kind = "chat" if api["op"] == "chat/completions" else "embeddings"
-            return self._api(kind, api["deployment"], headers, body)
+            return self._api(kind, api["deployment"], target, headers, body)
         if (method, path) == ("GET", "/health"):
             return _Reply(200, {"ok": True})
         if (method, path) == ("GET", "/stats"):
@@ -229,10 +229,16 @@ class Simulator:
         return _Reply(200, view)
 
     def _api(
-        self, kind: str, deployment: str | None, headers: Mapping[str, str], body: bytes
+        self,
+        kind: str,
+        deployment: str | None,
+        target: str,
+        headers: Mapping[str, str],
+        body: bytes,
     ) -> _Reply:
         with self._lock:
             self._stats.requests_received += 1
+            self._stats.record_request(target, headers)
             config = self._config
         try:
             authorize(config.api_key, headers)

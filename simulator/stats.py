@@ -5,11 +5,16 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import Counter, deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 #: Admissions kept in ``stats()["admissions"]``; older ones are dropped.
 MAX_ADMISSIONS = 200_000
+#: API requests kept in ``stats()["requests"]`` (path and headers), newest last.
+MAX_REQUESTS = 100
+#: Headers recorded as "***": they carry the caller's key.
+_SECRET_HEADERS = frozenset({"authorization", "api-key"})
 
 
 @dataclass
@@ -32,6 +37,12 @@ class Stats:
     admissions: deque[tuple[float, int]] = field(
         default_factory=lambda: deque(maxlen=MAX_ADMISSIONS)
     )
+    #: The last API requests as received, so tests can see what a client sent.
+    requests: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=MAX_REQUESTS))
+
+    def record_request(self, target: str, headers: Mapping[str, str]) -> None:
+        shown = {k: "***" if k in _SECRET_HEADERS else v for k, v in headers.items()}
+        self.requests.append({"path": target, "headers": shown})
 
     def record_admission(self, charge: int) -> None:
         now = time.time()
@@ -47,4 +58,5 @@ class Stats:
         data["by_status"] = {str(k): v for k, v in sorted(self.by_status.items())}
         data["refused_by"] = dict(self.refused_by)
         data["admissions"] = list(self.admissions)
+        data["requests"] = list(self.requests)
         return data

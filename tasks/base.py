@@ -91,7 +91,10 @@ class BudgetedTask(Task):  # type: ignore[misc]
 
     def _deliver(self, d: Delivery) -> dict[str, Any]:
         rt, r = d.rt, d.request
-        done = rt.jobs.arrive(r.job, r.custom_id, first=not self.request.retries)
+        # A message `quotaflow cancel` stopped raises Cancelled here: dropped, never sent.
+        done = rt.jobs.arrive(
+            r.job, r.custom_id, first=not self.request.retries, task_id=str(self.request.id)
+        )
         if done is not None:  # a redelivery of a request that already succeeded
             return dict(done["response"]["body"])
         queue = (self.request.delivery_info or {}).get("routing_key") or ""
@@ -211,7 +214,7 @@ class BudgetedTask(Task):  # type: ignore[misc]
         d.metric("provider_responses_total", status=str(reply.status))
         try:
             rt.gate.settle(reservation, actual_tokens=reply.prompt_tokens + reply.completion_tokens)
-            rt.gate.observe(dep.name, reply.headers)
+            rt.gate.observe(dep.name, reply.headers, sent_at=reservation.start_at)
         except BudgetError as exc:
             # The call is done and paid for: keep its result; the budget correction is lost.
             log.error("could not settle %s: %s", reservation.id, exc)

@@ -161,6 +161,7 @@ class Delivery:
         message = f"{exc} ({note})" if note else str(exc)
         if self.dep is not None:
             message = provider.scrub(message, self.dep)
+        message = provider.clip(message)  # any exception's text can echo a reply
         entry = {
             "custom_id": r.custom_id,
             "job_id": r.job,

@@ -30,6 +30,10 @@ class PermanentFailure(QuotaflowError):
     """The request was dead-lettered; the message says why and what to do."""
 
 
+class Cancelled(PermanentFailure):
+    """The request's job was cancelled before this message was sent to the provider."""
+
+
 class Deferred(QuotaflowError):
     """Not an error: the budget postponed the call (shown as the retry reason)."""
 

@@ -52,6 +52,8 @@ class JobKeys:
     pending: str
     touched: str
     unsent: str
+    #: custom_id -> task id of a message `quotaflow cancel` stopped (dropped on arrival).
+    cancelled: str
 
     def all(self) -> list[str]:
         return list(dataclasses.astuple(self))
@@ -70,6 +72,7 @@ def job_keys(prefix: str, job_id: str) -> JobKeys:
         pending=f"{tag}:pending",
         touched=f"{tag}:touched",
         unsent=f"{tag}:unsent",
+        cancelled=f"{tag}:cancelled",
     )
 
 

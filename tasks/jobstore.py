@@ -13,7 +13,8 @@ from typing import Any
 
 import redis
 
-from budget.store import command, execute_packed
+from budget.resp import command, execute_packed
+from tasks.errors import Cancelled
 from tasks.jobindex import OpenJobs, script
 from tasks.jobrecovery import RecoveryReads
 from tasks.jobstate import (  # noqa: F401  - re-exported: callers import them from here
@@ -51,6 +52,7 @@ class JobStore(RecoveryReads):
         self._queue = script(client, "queue")
         self._add_queued = script(client, "add_queued")
         self._arrive = script(client, "arrive")
+        self._cancel = script(client, "cancel")
         #: The jobs that may have unfinished requests (pipeline.recovery reads it).
         self.open = OpenJobs(client, key_prefix=key_prefix)
 
@@ -202,16 +204,24 @@ class JobStore(RecoveryReads):
     def count(self, job_id: str, field_name: str, amount: int = 1) -> None:
         self.client.hincrby(self.keys(job_id).totals, field_name, amount)
 
-    def arrive(self, job_id: str, custom_id: str, *, first: bool) -> dict[str, Any] | None:
+    def arrive(
+        self, job_id: str, custom_id: str, *, first: bool, task_id: str = ""
+    ) -> dict[str, Any] | None:
         """A delivery begins: the stored result if there is one (a redelivery), and on a
         first delivery the request counted in if its publisher did not. An unfinished
         request is touched (the recovery sweep sees it moved). One round trip when its
-        publisher counted it in (every submit and `.delay()`)."""
+        publisher counted it in (every submit and `.delay()`). Raises Cancelled for a
+        message that `cancel` stopped (a replay sends the request under a new task id)."""
         k = self.keys(job_id)
-        raw, added = self._arrive(
-            keys=[k.results, k.states, k.touched],
-            args=[custom_id, "1" if first else "0", repr(time.time())],
+        raw, added, cancelled = self._arrive(
+            keys=[k.results, k.states, k.touched, k.cancelled],
+            args=[custom_id, "1" if first else "0", repr(time.time()), task_id],
         )
+        if cancelled:
+            raise Cancelled(
+                f"cancelled: request {custom_id} of job {job_id} was cancelled before it "
+                f"was sent; `quotaflow replay {job_id}` sends it again"
+            )
         if added:
             self._count_in(job_id, 1, 0)
         return None if raw is None else json.loads(raw)
@@ -277,6 +287,23 @@ class JobStore(RecoveryReads):
         """custom_id -> raw entry JSON (raw, so a replay can claim exactly what it read)."""
         raw = self.client.hgetall(self.keys(job_id).dead)
         return {_text(k): _text(v) for k, v in raw.items()}
+
+    def cancel(self, job_id: str, entries: dict[str, dict[str, Any]]) -> int:
+        """Dead-letter those of `entries` (custom_id -> dead-letter entry, with the
+        `task_id` of the request's message) that are still waiting, and mark their
+        messages to be dropped on arrival; returns how many were cancelled."""
+        if not entries:
+            return 0
+        k = self.keys(job_id)
+        first = [k.states, k.counts, k.dead, k.pending, k.touched, k.cancelled, k.results,
+                 k.unsent, k.meta]  # fmt: skip
+        args: list[Any] = [self.retention_seconds]
+        for cid, entry in entries.items():
+            args += [cid, json.dumps(entry, separators=(",", ":"), sort_keys=True),
+                     entry["task_id"]]  # fmt: skip
+        return int(
+            self._cancel(keys=[*first, *(key for key in k.all() if key not in first)], args=args)
+        )
 
     def claim_dead(self, job_id: str, custom_id: str, raw_entry: str) -> bool:
         k = self.keys(job_id)

@@ -12,13 +12,22 @@ from celery import shared_task
 
 from tasks.base import BudgetedTask
 from tasks.errors import PermanentFailure
+from tasks.hidden import QuietRequest, hide_results_from_log
 
 #: A dead letter is an expected end: the worker logs it as one line (the warning from
 #: the dead-letter path), with no "raised unexpected" traceback; `.get()` still raises.
 _EXPECTED = (PermanentFailure,)
+# Responses stay out of task events, Flower and the worker log (tasks.hidden).
+hide_results_from_log()
 
 
-@shared_task(bind=True, base=BudgetedTask, name="quotaflow.complete", throws=_EXPECTED)
+@shared_task(
+    bind=True,
+    base=BudgetedTask,
+    name="quotaflow.complete",
+    throws=_EXPECTED,
+    Request=QuietRequest,
+)
 def complete(
     self: BudgetedTask,
     body: dict[str, Any],
@@ -38,7 +47,13 @@ def complete(
     )  # fmt: skip
 
 
-@shared_task(bind=True, base=BudgetedTask, name="quotaflow.embed", throws=_EXPECTED)
+@shared_task(
+    bind=True,
+    base=BudgetedTask,
+    name="quotaflow.embed",
+    throws=_EXPECTED,
+    Request=QuietRequest,
+)
 def embed(
     self: BudgetedTask,
     body: dict[str, Any],

@@ -3,9 +3,10 @@
 Each counter is one hash field, the JSON array `[name, {label: value, ...}]` with the
 labels sorted: any label value (a tenant with `|`, `=`, newlines, unicode) round-trips
 and cannot forge another label. The first `max_tenants` distinct tenants get their own
-label, later ones count as `other`, so a scrape stays small whatever callers send. A
-per-minute copy of the few counters the `budget` display needs lives in short-lived
-hashes.
+label, later ones count as `other`; an error code (`code` label) outside `ERROR_CODES`
+counts as `other` too (codes can come from a provider's JSON). So a scrape stays small
+whatever callers and providers send. A per-minute copy of the few counters the
+`budget` display needs lives in short-lived hashes.
 """
 
 from __future__ import annotations
@@ -29,6 +30,23 @@ RECENT = frozenset({"deferrals_total", "provider_responses_total", "reservations
 MAX_TENANT_LENGTH = 128
 #: The label of tenants beyond `max_tenants` (and of any over-long one).
 OTHER_TENANT = "other"
+#: The error codes with a label of their own: quotaflow's, and the providers' usual ones.
+ERROR_CODES = frozenset(
+    {
+        # quotaflow's (tasks.delivery, tasks.errors)
+        "retries_exhausted", "internal_error", "invalid_request", "never_admissible",
+        "context_length_exceeded", "unknown_deployment", "model_not_configured",
+        # tasks.provider's classification
+        "timeout", "connection_error", "rate_limited", "server_error", "provider_error",
+        "authentication_error", "permission_denied", "not_found", "unprocessable_entity",
+        # the providers' own codes for permanent failures
+        "insufficient_quota", "billing_hard_limit_reached", "billing_not_active",
+        "access_terminated", "invalid_api_key", "model_not_found", "content_filter",
+        "content_policy_violation", "DeploymentNotFound",
+    }
+)  # fmt: skip
+#: The label of any other error code.
+OTHER_CODE = "other"
 #: How long a worker trusts that a tenant has its own label before asking Redis again.
 _TENANT_CACHE_SECONDS = 60.0
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -85,6 +103,12 @@ class Metrics:
     def add(self, increments: list[tuple[str, Mapping[str, str], float]]) -> None:
         """Add to several counters in one round trip. Never raises: metrics are best effort."""
         minute = self.minute_prefix + str(int(time.time() // 60))
+        increments = [
+            (name, {**labels, "code": OTHER_CODE}, amount)
+            if "code" in labels and labels["code"] not in ERROR_CODES
+            else (name, labels, amount)
+            for name, labels, amount in increments
+        ]
         try:
             increments = self._bound_tenants(increments)
         except redis.RedisError as exc:

@@ -3,11 +3,17 @@ are classified into transient and permanent.
 
 The SDK's own retries are off (`max_retries=0`): quotaflow owns retries, so that
 every attempt passes the gate and 429s cool the deployment down for all workers.
+
+A request body is data. The SDK's `create()` also takes call options (`extra_headers`,
+`extra_query`, `extra_body`, `timeout`): a body naming one is refused (`check_body`),
+or a batch line could set the headers, query or api-version of a call made with the
+deployment's key. Other keys the SDK does not name are sent in the JSON body as they are.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import os
 import re
@@ -29,6 +35,11 @@ _TRANSIENT_STATUSES = {408, 409}
 _PERMANENT_429_CODES = frozenset(
     {"insufficient_quota", "billing_hard_limit_reached", "billing_not_active", "access_terminated"}
 )
+#: Longest provider error text kept (in dead letters, logs, task events): enough for
+#: any reason a provider gives, not for an echo of a whole prompt or reply.
+MAX_ERROR_TEXT = 1000
+#: Longest error code kept: codes are identifiers; a longer one is not.
+MAX_ERROR_CODE = 64
 
 
 @dataclass(frozen=True)
@@ -91,16 +102,71 @@ def _build_client(dep: DeploymentSettings) -> openai.OpenAI:
         ) from exc
 
 
-def _params(method: Any) -> frozenset[str]:
-    return frozenset(inspect.signature(method).parameters) - {"extra_body", "timeout"}
+#: SDK arguments that shape the HTTP call (headers, query, timeout), not its body. The
+#: SDK's signature names more (`_control_arguments`); these are refused whatever it says.
+_CONTROL_ALWAYS = frozenset({"extra_headers", "extra_query", "extra_body", "timeout"})
 
 
-_CHAT_PARAMS: frozenset[str] | None = None
-_EMBED_PARAMS: frozenset[str] | None = None
+def _create_methods() -> dict[str, tuple[Any, Any]]:
+    from openai.resources.chat.completions import Completions
+    from openai.resources.embeddings import Embeddings
+    from openai.types.chat.completion_create_params import CompletionCreateParamsNonStreaming
+    from openai.types.embedding_create_params import EmbeddingCreateParams
+
+    return {
+        "chat": (Completions.create, CompletionCreateParamsNonStreaming),
+        "embeddings": (Embeddings.create, EmbeddingCreateParams),
+    }
 
 
-def _split(body: Mapping[str, Any], known: frozenset[str]) -> dict[str, Any]:
-    """Known fields become SDK arguments; the rest travel untouched in extra_body."""
+@functools.cache
+def request_fields(endpoint: str) -> frozenset[str]:
+    """The endpoint's request-body fields that the SDK takes as named arguments: its
+    `create()` parameters that are also keys of the SDK's request-body type."""
+    method, body_type = _create_methods()[endpoint]
+    typed = body_type.__required_keys__ | body_type.__optional_keys__
+    return frozenset(inspect.signature(method).parameters) & typed - _CONTROL_ALWAYS
+
+
+@functools.cache
+def _control_arguments() -> frozenset[str]:
+    """`create()` parameters of any endpoint that are not request-body fields."""
+    control = set(_CONTROL_ALWAYS)
+    for endpoint, (method, _) in _create_methods().items():
+        control |= set(inspect.signature(method).parameters) - request_fields(endpoint) - {"self"}
+    return frozenset(control)
+
+
+def control_keys(body: Mapping[str, Any]) -> list[str]:
+    """The body's keys that the SDK would take as call options rather than send as data."""
+    control = _control_arguments()
+    return sorted(k for k in body if k in control or str(k).startswith("extra_"))
+
+
+def check_body(body: Mapping[str, Any]) -> None:
+    """Refuse a body the SDK would not send as it is: call options among its keys
+    (a body is data; it never sets the HTTP headers, query or timeout of the call
+    made with the deployment's key), or stream=true."""
+    keys = control_keys(body)
+    if keys:
+        names = ", ".join(repr(k) for k in keys)
+        one = len(keys) == 1
+        raise InvalidRequest(
+            f"body key{'' if one else 's'} {names} {'is' if one else 'are'} not "
+            f"{'a request field' if one else 'request fields'} but "
+            f"{'an option' if one else 'options'} of the SDK call (its HTTP headers, query, "
+            "timeout), made with the deployment's key: remove "
+            f"{'it' if one else 'them'} from the body (headers and query parameters come "
+            "from the deployment's settings)"
+        )
+    if body.get("stream"):
+        raise InvalidRequest("stream=true is not supported for batch work; remove it")
+
+
+def _split(body: Mapping[str, Any], endpoint: str) -> dict[str, Any]:
+    """Request fields the SDK knows become its arguments; other keys (fields the SDK
+    does not know yet, a compatible server's own) travel as data in extra_body."""
+    known = request_fields(endpoint)
     args = {k: v for k, v in body.items() if k in known}
     extra = {k: v for k, v in body.items() if k not in known}
     if extra:
@@ -110,11 +176,10 @@ def _split(body: Mapping[str, Any], known: frozenset[str]) -> dict[str, Any]:
 
 def call(dep: DeploymentSettings, endpoint: str, body: Mapping[str, Any]) -> ProviderReply:
     """Send one request; raise TransientProviderError or PermanentProviderError."""
-    global _CHAT_PARAMS, _EMBED_PARAMS
     if endpoint not in ENDPOINTS:
         raise InvalidRequest(f"unknown endpoint {endpoint!r}; use one of {ENDPOINTS}")
-    if body.get("stream"):
-        raise InvalidRequest("stream=true is not supported for batch work; remove it")
+    # Checked at submit and publish too; here for a message that skipped those.
+    check_body(body)
     client = client_for(dep)
     request = dict(body)
     # Always the deployment's model: its budget is the one charged (for azure, the
@@ -122,13 +187,9 @@ def call(dep: DeploymentSettings, endpoint: str, body: Mapping[str, Any]) -> Pro
     request["model"] = dep.model
     try:
         if endpoint == "chat":
-            create = client.chat.completions.with_raw_response.create
-            _CHAT_PARAMS = _CHAT_PARAMS or _params(client.chat.completions.create)
-            raw = create(**_split(request, _CHAT_PARAMS))
+            raw = client.chat.completions.with_raw_response.create(**_split(request, endpoint))
         else:
-            create_e = client.embeddings.with_raw_response.create
-            _EMBED_PARAMS = _EMBED_PARAMS or _params(client.embeddings.create)
-            raw = create_e(**_split(request, _EMBED_PARAMS))
+            raw = client.embeddings.with_raw_response.create(**_split(request, endpoint))
         data = _body(raw)
     except openai.APIError as exc:
         raise classify(exc, dep) from None
@@ -168,7 +229,7 @@ def classify(exc: openai.APIError, dep: DeploymentSettings) -> ProviderError:
         inner: Mapping[str, Any] = error if isinstance(error, Mapping) else body
         code = inner.get("code") or body.get("code")
         kind = inner.get("type")
-    message = scrub(str(getattr(exc, "message", None) or exc), dep)
+    message = clip(scrub(str(getattr(exc, "message", None) or exc), dep))
     err: ProviderError
     if isinstance(exc, openai.APITimeoutError):
         err = TransientProviderError(f"timed out after {dep.timeout_seconds:g}s")
@@ -178,7 +239,7 @@ def classify(exc: openai.APIError, dep: DeploymentSettings) -> ProviderError:
         err.code = "connection_error"
     elif status == 429 and {code, kind} & _PERMANENT_429_CODES:
         err = PermanentProviderError(f"provider refused: {message} (429, waiting cannot help)")
-        err.code = str(code or kind)
+        err.code = clip(str(code or kind), MAX_ERROR_CODE)
     elif status == 429:
         err = TransientProviderError(f"rate limited by the provider (429): {message}")
         err.code = "rate_limited"
@@ -190,7 +251,7 @@ def classify(exc: openai.APIError, dep: DeploymentSettings) -> ProviderError:
         err.code = "server_error"
     else:
         err = PermanentProviderError(f"provider rejected the request ({status}): {message}")
-        err.code = str(code or _status_code_name(status))
+        err.code = clip(str(code or _status_code_name(status)), MAX_ERROR_CODE)
     err.status = status
     return err
 
@@ -218,6 +279,14 @@ def scrub(text: str, dep: DeploymentSettings) -> str:
         if secret:
             text = text.replace(secret, "***")
     return re.sub(r"sk-[A-Za-z0-9_\-]{6,}", "sk-***", text)
+
+
+def clip(text: str, limit: int = MAX_ERROR_TEXT) -> str:
+    """`text`, cut to `limit` characters with a note of how much was left out."""
+    if len(text) <= limit:
+        return text
+    note = f"... ({len(text) - limit} more characters)"
+    return text[: max(0, limit - len(note))] + note
 
 
 def _status_code_name(status: int | None) -> str:

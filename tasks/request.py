@@ -10,6 +10,7 @@ from budget import InvalidRequest
 from settings import DeploymentSettings, Settings
 from tasks.errors import UnknownModel
 from tasks.jobstore import ADHOC_JOB
+from tasks.provider import check_body
 
 
 @dataclass(frozen=True)
@@ -56,10 +57,13 @@ def route(settings: Settings, body: Any, deployment: str | None) -> DeploymentSe
     `name` is the body's model, else (no model in the body) the first.
 
     A body whose model no deployment serves is refused: charging one deployment's
-    budget while the provider bills another model's quota would break both.
+    budget while the provider bills another model's quota would break both. So is a
+    body with SDK call options among its keys (`provider.check_body`): submit, publish
+    and the worker (before the gate) all route, so all refuse it.
     """
     if not isinstance(body, dict):
         raise InvalidRequest(f"body must be a JSON object, got {type(body).__name__}")
+    check_body(body)
     model = body.get("model")
     if deployment:
         dep = settings.deployment(deployment)

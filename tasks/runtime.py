@@ -43,6 +43,11 @@ def configure(settings: Settings) -> None:
         _runtime = None
 
 
+def configured() -> Settings | None:
+    """The settings installed in this process, if any (builds no clients)."""
+    return _settings
+
+
 def redis_client(url: str) -> redis.Redis:
     # Short timeouts: a gate that cannot answer quickly fails closed and defers.
     return redis.Redis.from_url(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import stat
 import subprocess
@@ -17,6 +18,7 @@ import yaml
 from support.cluster import ROOT
 
 from pipeline.redis_server import free_port, redis_server_binary
+from settings.deployment import _default_deployments
 
 COMPOSE = ROOT / "docker-compose.yml"
 SECRETS = {
@@ -172,3 +174,38 @@ def test_edge_compose_redis_password_is_on_no_command_line(tmp_path: Path) -> No
         proc.wait(timeout=10)
         if proc.stderr is not None:
             proc.stderr.close()
+
+
+def test_edge_compose_simulator_has_the_default_deployments_quota() -> None:
+    args = shlex.split(services(SECRETS)["simulator"]["command"])
+    given = {args[i]: args[i + 1] for i in range(len(args) - 1) if args[i].startswith("--")}
+    (default,) = _default_deployments("simulator", 8765)
+    assert int(given["--tpm"]) == default.tpm and int(given["--rpm"]) == default.rpm
+    assert default.api_key is not None
+    assert given["--api-key"] == default.api_key.get_secret_value()
+
+
+def test_edge_the_readmes_compose_commands_each_have_their_variables() -> None:
+    """Each `docker compose` line of the README, run in order in one shell, finds the
+    variables the compose file requires (`${VAR:?...}`)."""
+    required = set(re.findall(r"\$\{([A-Za-z_]+):\?", COMPOSE.read_text()))
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## docker-compose\n", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"```\n(.*?)```", section, flags=re.DOTALL)
+    exported: set[str] = set()
+    commands = 0
+    for line in block.replace("\\\n", " ").splitlines():
+        words = shlex.split(line.split(" #", 1)[0])
+        if not words:
+            continue
+        if words[0] == "export":
+            exported |= {w.split("=", 1)[0] for w in words[1:]}
+            continue
+        inline = set()
+        while "=" in words[0]:
+            inline.add(words.pop(0).split("=", 1)[0])
+        assert words[:2] == ["docker", "compose"], line
+        commands += 1
+        missing = required - exported - inline
+        assert not missing, f"{line!r} lacks {sorted(missing)}"
+    assert commands >= 2

@@ -48,12 +48,7 @@ end
 
 if not cooling then
   local state = redis.call("HMGET", KEYS[4], "cut", "cut_at")
-  local factor = 1
-  if state[1] then
-    factor = tonumber(state[1]) + (now - tonumber(state[2])) / 1000000 * regain
-    if factor > 1 then factor = 1 end
-  end
-  factor = factor * cut_by
+  local factor = aimd_factor(state[1], state[2], now, regain) * cut_by
   if factor < lowest then factor = lowest end
   redis.call("HSET", KEYS[4], "cut", string.format("%.6f", factor), "cut_at",
              string.format("%d", now))

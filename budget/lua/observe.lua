@@ -20,6 +20,8 @@
 --     A surplus is evidence of a smaller neighbour only when the gate is using what
 --     it admits: tokens free in the gate's own bucket (workers between two intakes,
 --     no work at all) fill the provider's too, so that part of x > 0 is not learned.
+--     The set level is never above half of what the gate's own full burst leaves at
+--     the provider (gate.py), so that burst alone never reads as a neighbour.
 --
 -- KEYS[1]  TAT of the token bucket
 -- KEYS[2]  TAT of the request bucket
@@ -42,6 +44,9 @@
 -- ARGV[14] microseconds per request of the gate's bucket
 -- ARGV[15] token tolerance of the gate's bucket, microseconds
 -- ARGV[16] request tolerance of the gate's bucket, microseconds
+-- ARGV[17] when the provider counted this reading (the call's start, Redis
+--          microseconds; "" = now). Readings are used in that order: one older than
+--          the last used (a long call's reply) is not learned from.
 --
 -- Returns {now_us, moved} where moved counts the buckets that header sync moved.
 
@@ -50,6 +55,7 @@ if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call("TIME")
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 
+local tats = redis.call("MGET", KEYS[1], KEYS[2])
 local moved = 0
 for d = 1, 2 do
   if ARGV[d] ~= "" then
@@ -72,12 +78,13 @@ if ARGV[3] == "" and ARGV[4] == "" then
 end
 
 local s = redis.call("HMGET", KEYS[3], "at", "n_t", "n_r", "x_t", "x_r")
-local tats = redis.call("MGET", KEYS[1], KEYS[2])
 local at = tonumber(s[1])
 local tau = tonumber(ARGV[9])
+local seen = now
+if ARGV[17] ~= "" and tonumber(ARGV[17]) < now then seen = tonumber(ARGV[17]) end
 local dt = 0
 if at then
-  dt = (now - at) / 1000000
+  dt = (seen - at) / 1000000
   if dt < tonumber(ARGV[10]) then
     return {now, moved}  -- updated a moment ago
   end
@@ -89,7 +96,7 @@ if at then
 end
 
 local lowest = tonumber(ARGV[11])
-local update = {"at", string.format("%d", now)}
+local update = {"at", string.format("%d", seen)}
 local dims = {"t", "r"}
 for d = 1, 2 do
   local left = tonumber(ARGV[2 + d])

@@ -46,11 +46,7 @@ local rid = ARGV[10]
 local t = redis.call("TIME")
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local state = redis.call("HMGET", KEYS[4], "cut", "cut_at", "f_t", "f_r")
-local aimd = 1
-if state[1] then
-  aimd = tonumber(state[1]) + (now - tonumber(state[2])) / 1000000 * tonumber(ARGV[12])
-  if aimd > 1 then aimd = 1 end
-end
+local aimd = aimd_factor(state[1], state[2], now, tonumber(ARGV[12]))
 local factors = {math.min(aimd, tonumber(state[3]) or 1), math.min(aimd, tonumber(state[4]) or 1)}
 
 -- Both TATs in one call: every redis.call costs about as much as the arithmetic here.
@@ -65,10 +61,11 @@ for d = 1, 2 do
   if increment > tolerances[d] then
     return {3, now, now, 0, d}
   end
-  -- A lowered factor spaces admissions further apart (never closer), capped at the
-  -- burst so a request that fits at the full rate still fits.
+  -- A lowered factor spaces admissions further apart (never closer). Not capped at
+  -- the burst: a request that fits at the full rate is then booked later, never
+  -- refused, and a large request leaves a learned neighbour its share as a small one
+  -- does.
   local slowed = increment / factors[d]
-  if slowed > tolerances[d] then slowed = tolerances[d] end
   if slowed > increment then increment = slowed end
   increments[d] = increment
   local tat = tonumber(stored[d] or now)

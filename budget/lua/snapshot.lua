@@ -17,11 +17,7 @@ local tok = tonumber(redis.call("GET", KEYS[1]) or now)
 local req = tonumber(redis.call("GET", KEYS[2]) or now)
 local cool = tonumber(redis.call("GET", KEYS[3]) or 0)
 local s = redis.call("HMGET", KEYS[4], "cut", "cut_at", "f_t", "f_r", "n_t", "n_r")
-local aimd = 1
-if s[1] then
-  aimd = tonumber(s[1]) + (now - tonumber(s[2])) / 1000000 * tonumber(ARGV[1])
-  if aimd > 1 then aimd = 1 end
-end
+local aimd = aimd_factor(s[1], s[2], now, tonumber(ARGV[1]))
 local function ppm(x) return math.floor((tonumber(x) or 1) * 1000000) end
 local function milli(x) return math.floor((tonumber(x) or 0) * 1000) end
 return {now, tok, req, cool, ppm(aimd), ppm(s[3]), ppm(s[4]), milli(s[5]), milli(s[6])}

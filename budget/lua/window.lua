@@ -33,9 +33,11 @@
 -- ARGV[7]  booking horizon, microseconds
 -- ARGV[8]  "1" to append the admission to the log
 -- ARGV[9]  longest admission log kept
--- ARGV[10] reservation id (for the log)
--- ARGV[11] how long a booking marker outlives its start, milliseconds
--- ARGV[12] AIMD factor regained per second after a cut
+-- ARGV[10] how long past starts are kept, microseconds (at least the longest window;
+--          header sync reads the gate's own starts over the provider's counter)
+-- ARGV[11] reservation id (for the log)
+-- ARGV[12] how long a booking marker outlives its start, milliseconds
+-- ARGV[13] AIMD factor regained per second after a cut
 --
 -- A request is booked when the last booked start (or the cooldown's end) is within the
 -- horizon; it then starts at most horizon + one window from now.
@@ -53,17 +55,14 @@ local windows = {tonumber(ARGV[5]), tonumber(ARGV[6])}
 local horizon = tonumber(ARGV[7])
 local log_on = ARGV[8] == "1"
 local log_max = tonumber(ARGV[9])
-local rid = ARGV[10]
+local memory = tonumber(ARGV[10])
+local rid = ARGV[11]
 
 local t = redis.call("TIME")
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local floor = tonumber(redis.call("GET", KEYS[2]) or 0)
 local state = redis.call("HMGET", KEYS[3], "cut", "cut_at", "f_t", "f_r")
-local aimd = 1
-if state[1] then
-  aimd = tonumber(state[1]) + (now - tonumber(state[2])) / 1000000 * tonumber(ARGV[12])
-  if aimd > 1 then aimd = 1 end
-end
+local aimd = aimd_factor(state[1], state[2], now, tonumber(ARGV[13]))
 local factors = {math.min(aimd, tonumber(state[3]) or 1), math.min(aimd, tonumber(state[4]) or 1)}
 local longest = math.max(windows[1], windows[2])
 
@@ -79,8 +78,8 @@ for d = 1, 2 do
   room[d] = allow - costs[d]
 end
 
--- Forget the starts that no window from now on can hold.
-redis.call("ZREMRANGEBYSCORE", KEYS[1], "-inf", string.format("%d", now - longest))
+-- Forget the starts that no window from now on can hold, nor header sync needs.
+redis.call("ZREMRANGEBYSCORE", KEYS[1], "-inf", string.format("%d", now - memory))
 
 local last = now
 local newest = redis.call("ZREVRANGE", KEYS[1], 0, 0, "WITHSCORES")
@@ -101,9 +100,8 @@ while walking do
   if #chunk == 0 then break end
   offset = offset + #chunk / 2
   for j = 1, #chunk, 2 do
-    local tok, req = string.match(chunk[j], "^(%d+) (%d+)")
     local s = tonumber(chunk[j + 1])
-    local c = {tonumber(tok), tonumber(req)}
+    local c = {window_units(chunk[j])}
     local active = false
     for d = 1, 2 do
       if not found[d] and s > first - windows[d] then
@@ -144,9 +142,8 @@ local function backfill()
   if n == 0 then return nil end
   local at, units = {}, {{}, {}}
   for j = 1, n do
-    local tok, req = string.match(rows[2 * j - 1], "^(%d+) (%d+)")
     at[j] = tonumber(rows[2 * j])
-    units[1][j], units[2][j] = tonumber(tok), tonumber(req)
+    units[1][j], units[2][j] = window_units(rows[2 * j - 1])
   end
   -- Candidates must lie before the last start, and (when the set was cut short)
   -- a whole window before the last start fetched.
@@ -214,9 +211,10 @@ else
   end
 end
 
-redis.call("ZADD", KEYS[1], string.format("%d", start),
-           string.format("%s %s %s", ARGV[1], ARGV[2], rid))
-redis.call("PEXPIRE", KEYS[1], math.floor((start - now + longest) / 1000) + 1000)
+redis.call("ZADD", KEYS[1], string.format("%d", start), window_member(ARGV[1], ARGV[2], rid))
+-- The set lives as long as its newest start needs it: a backfilled start lies before
+-- `last`, and the bookings after it must not be forgotten.
+redis.call("PEXPIRE", KEYS[1], math.floor((math.max(start, last) - now + memory) / 1000) + 1000)
 
 if log_on then
   redis.call("RPUSH", KEYS[4], string.format("%d %s %s %s", start, ARGV[1], ARGV[2], rid))
@@ -226,7 +224,7 @@ end
 if start > now then
   -- Single-use (see reserve.lua and redeem.lua).
   redis.call("SET", KEYS[5], "1", "PX",
-             math.floor((start - now) / 1000) + tonumber(ARGV[11]))
+             math.floor((start - now) / 1000) + tonumber(ARGV[12]))
   return {1, now, start, 0, binding}
 end
 return {0, now, now, 0, binding}

@@ -13,7 +13,7 @@ import typer
 from rich.markup import escape
 
 from budget import QuotaflowError
-from pipeline.batchfile import BatchFileError, BatchLine, read_batch
+from pipeline.batchfile import BatchLine, check_batch_path, read_batch
 from pipeline.cli.options import (
     POOLS,
     BatchArg,
@@ -21,6 +21,7 @@ from pipeline.cli.options import (
     JobArg,
     JobIdOpt,
     TenantOpt,
+    check_pool,
     cluster,
     cmd,
     current_settings,
@@ -62,8 +63,7 @@ def _write_remaining(batch: Path, done: set[str], path: Path) -> int:
 
 
 def _check_batch(batch: Path) -> None:
-    if not batch.is_file():
-        raise BatchFileError(f"batch file not found: {batch}")
+    check_batch_path(batch)
 
 
 def _check_output(output: Path) -> None:
@@ -100,8 +100,7 @@ def run(
         check_job_id(job_id)
     _check_batch(batch)
     _check_output(output)
-    if pool not in POOLS:
-        raise QuotaflowError(f"--pool must be one of {', '.join(POOLS)}, got {pool!r}")
+    check_pool(pool)
     if workers == 0 and settings.redis_url is None:
         raise QuotaflowError("--workers 0 needs a running cluster: set QUOTAFLOW_REDIS_URL")
     job_id = job_id or new_job_id()
@@ -144,7 +143,10 @@ def run(
         if rt.jobs.exists(job_id):
             status = jobs.status(job_id)
             elapsed = time.monotonic() - started
-            console.print(job_table(status, title=f"job {escape(job_id)}", elapsed=elapsed))
+            deps = [settings.deployment(n) for n in _names(settings, deployment)]
+            console.print(
+                job_table(status, title=f"job {escape(job_id)}", elapsed=elapsed, deployments=deps)
+            )
             failures = failures_table(jobs, job_id)
             if failures is not None:
                 console.print(failures)

@@ -15,7 +15,16 @@ from pipeline.cli.options import JobArg, cluster, cmd
 from pipeline.console import console
 from pipeline.embedded import sigterm_as_interrupt
 from pipeline.jobs import Jobs
-from pipeline.views import budget_view, follow, job_table, jobs_table, queue_line, recover_line
+from pipeline.views import (
+    budget_notes,
+    budget_view,
+    cancel_line,
+    follow,
+    job_table,
+    jobs_table,
+    queue_line,
+    recover_line,
+)
 
 
 def status(
@@ -32,7 +41,9 @@ def status(
     if watch and not current.finished:
         with contextlib.suppress(KeyboardInterrupt):
             current = follow(rt, jobs, job)
-    console.print(job_table(current, title=f"job {escape(job)}"))
+    console.print(
+        job_table(current, title=f"job {escape(job)}", deployments=rt.settings.deployments)
+    )
     depth = queue_depth(rt.redis, rt.settings)
     console.print(queue_line(depth.ready, depth.deferred, complete=depth.complete), soft_wrap=True)
 
@@ -43,6 +54,17 @@ def replay(job: JobArg) -> None:
     replayed, skipped = Jobs(rt.settings, rt.jobs).replay(job)
     console.print(f"job {escape(job)}: {replayed} requests resubmitted, {skipped} not "
                   "replayable (invalid input lines)")  # fmt: skip
+
+
+def cancel(job: JobArg) -> None:
+    """Stop a job's waiting requests; what is done is kept, calls in flight finish.
+
+    Cancelled requests are dead-lettered `cancelled`: `quotaflow replay` sends them again.
+    """
+    rt = cluster()
+    report = Jobs(rt.settings, rt.jobs).cancel(job)
+    console.print(cancel_line(report, replay=cmd("replay", job), results=cmd("results", job)),
+                  soft_wrap=True)  # fmt: skip
 
 
 def recover(job: JobArg) -> None:
@@ -66,14 +88,17 @@ def budget(
         return
     from rich.live import Live
 
+    # The footnotes once, above: the live part then fits a 24-line terminal (Live cuts
+    # what does not fit).
+    console.print(budget_notes())
     with (
         sigterm_as_interrupt(),
         contextlib.suppress(KeyboardInterrupt),
-        Live(budget_view(rt), console=console, refresh_per_second=2) as live,
+        Live(budget_view(rt, notes=False), console=console, refresh_per_second=2) as live,
     ):
         while True:
             time.sleep(1)
-            live.update(budget_view(rt))
+            live.update(budget_view(rt, notes=False))
 
 
 def _check_port(port: int) -> None:

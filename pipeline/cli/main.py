@@ -7,6 +7,7 @@ Settings are read once, from QUOTAFLOW_* variables, `.env` and `quotaflow.toml` 
 
 from __future__ import annotations
 
+from importlib import metadata
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -19,7 +20,7 @@ from rich.text import Text
 from budget import QuotaflowError
 from pipeline.cli import batch, cluster, simulated
 from pipeline.cli.options import state
-from pipeline.console import errors
+from pipeline.console import console, errors
 from pipeline.local import WorkerError
 from settings import SettingsError, redact_url
 
@@ -33,12 +34,24 @@ cli = typer.Typer(
 )
 
 
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"quotaflow {metadata.version('quotaflow')}")
+        raise typer.Exit()
+
+
 @cli.callback()
 def _root(
     config: Annotated[
         Path | None,
         typer.Option("--config", "-c", help="settings file (default: ./quotaflow.toml if any)"),
     ] = None,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="print the version and exit", callback=_version, is_eager=True
+        ),
+    ] = False,  # fmt: skip
 ) -> None:
     state.config = config
 
@@ -49,6 +62,7 @@ cli.command()(cluster.status)
 cli.command()(batch.results)
 cli.command()(cluster.replay)
 cli.command()(cluster.recover)
+cli.command()(cluster.cancel)
 cli.command()(cluster.budget)
 # Its flags are the simulator's own (argparse): typer passes them through untouched.
 cli.command(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,8 @@ NO_CLUSTER = (
 )
 
 POOLS = ("prefork", "threads", "gevent", "eventlet", "solo")
+#: Pools that need a package quotaflow does not install.
+_POOL_PACKAGES = {"gevent": "gevent", "eventlet": "eventlet"}
 
 BatchArg = Annotated[Path, typer.Argument(help="requests in the OpenAI Batch input format")]
 JobArg = Annotated[str, typer.Argument(help="job id")]
@@ -45,6 +48,18 @@ class State:
 
 
 state = State(config=None)
+
+
+def check_pool(pool: str) -> None:
+    """QuotaflowError unless the workers can start with `pool`."""
+    if pool not in POOLS:
+        raise QuotaflowError(f"--pool must be one of {', '.join(POOLS)}, got {pool!r}")
+    package = _POOL_PACKAGES.get(pool)
+    if package is not None and importlib.util.find_spec(package) is None:
+        raise QuotaflowError(
+            f"--pool {pool} needs the {package} package, which is not installed: "
+            f"`pip install {package}`, or use --pool threads (as many calls in flight)"
+        )
 
 
 def current_settings() -> Settings:

@@ -14,7 +14,10 @@ from budget import Gate, Outcome
 from settings import DeploymentSettings
 
 RATE = 1000.0  # tokens per second (tpm 60,000)
-DEP = DeploymentSettings(name="shared", model="gpt-4o-mini", tpm=60_000, rpm=6_000, burst_seconds=1)
+# The burst below the provider's bucket, leaving room for the reserve (gate._keep).
+DEP = DeploymentSettings(
+    name="shared", model="gpt-4o-mini", tpm=60_000, rpm=6_000, burst_seconds=0.5
+)
 
 
 class Provider:
@@ -126,3 +129,42 @@ def test_switching_learning_off_forgets_the_share(redis_client: redis.Redis) -> 
     assert gate.snapshot("shared").neighbour_tpm == 0
     # No learned factor left for reserve.lua (an AIMD cut after a 429 may remain).
     assert redis_client.hget(gate.limits("shared").keys.rate, "f_t") is None
+
+
+def test_edge_the_gates_own_first_burst_is_no_neighbour(redis_client: redis.Redis) -> None:
+    # N10: with the defaults (58 s of a 60 s bucket, 5% reserve) the gate's own legal
+    # burst left the provider below the set level: the factor fell to 0.67 at once
+    # with nobody else on the key.
+    dep = DeploymentSettings(name="oa", model="gpt-4o-mini", tpm=30_000, rpm=500)
+    gate = Gate(redis_client, [dep], neighbour_sample_seconds=0)
+    for _ in range(int(dep.token_capacity) // 1000):
+        assert gate.reserve("oa", tokens=1000).outcome is Outcome.GRANTED
+    # The provider holds a minute: the burst left it 60 - 58 = 2 s of quota.
+    headers = {
+        "x-ratelimit-limit-tokens": "30000",
+        "x-ratelimit-remaining-tokens": "1000",
+        "x-ratelimit-limit-requests": "500",
+        "x-ratelimit-remaining-requests": "471",
+    }
+    for _ in range(6):
+        gate.observe("oa", headers)
+    snap = gate.snapshot("oa")
+    assert snap.rate_factor == 1.0 and snap.neighbour_tpm == 0, snap
+    # A real neighbour still shows: the provider drained below the reserve.
+    gate.observe("oa", {**headers, "x-ratelimit-remaining-tokens": "0"})
+    assert gate.snapshot("oa").rate_factor < 1.0
+
+
+def test_edge_a_learned_share_slows_large_requests_too(redis_client: redis.Redis) -> None:
+    # N11: the slowed charge was capped at the burst, so a request near the burst's
+    # size was charged as if the factor were ~1 and ignored the neighbour's share.
+    dep = DeploymentSettings(name="oa", model="gpt-4o-mini", tpm=60_000, rpm=6_000)
+    gate = Gate(redis_client, [dep], horizon_seconds=300)
+    # Half the quota is learned to be someone else's.
+    redis_client.hset("quotaflow:{oa}:rate", mapping={"f_t": "0.5", "f_r": "1"})
+    first = gate.reserve("oa", tokens=40_000)
+    second = gate.reserve("oa", tokens=40_000)
+    assert first.reservation is not None and second.reservation is not None
+    # 40,000 tokens at half of 1,000 tokens/s: 80 s apart, not the burst's 58 s.
+    gap = second.reservation.start_at - first.reservation.start_at
+    assert gap >= 80 - 0.01, gap

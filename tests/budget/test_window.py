@@ -144,23 +144,44 @@ def test_a_lowered_rate_shrinks_the_allowance_but_never_below_one_request(
     assert gate.reserve("w1", tokens=900).outcome is Outcome.GRANTED  # alone in its window
 
 
-def test_header_sync_adds_only_what_someone_else_used(redis_client: redis.Redis) -> None:
-    gate = make_gate(redis_client)
+def test_header_sync_leaves_a_neighbour_what_it_used_over_the_minute(
+    redis_client: redis.Redis,
+) -> None:
+    gate = Gate(redis_client, [deployment()], horizon_seconds=5.0, neighbour_sample_seconds=0)
     gate.reserve("w1", tokens=300)
-    # The provider's count matches the gate's own: nothing moves.
-    assert not gate.observe("w1", {"x-ratelimit-remaining-tokens": "700"})
-    assert gate.reserve("w1", tokens=700).outcome is Outcome.GRANTED
-    redis_client.delete("quotaflow:{w1}:window")
-    gate.reserve("w1", tokens=300)
-    # Someone else used 500 in the provider's window: only 200 more fit now.
-    assert gate.observe("w1", {"x-ratelimit-remaining-tokens": "200"})
-    assert gate.reserve("w1", tokens=200).outcome is Outcome.GRANTED
-    assert gate.reserve("w1", tokens=1).outcome is Outcome.BOOKED
+    # Azure's headers count the minute: the gate's own 300 explain what is gone.
+    assert not gate.observe("w1", {"x-ratelimit-remaining-tokens": str(60_000 - 300)})
+    assert gate.snapshot("w1").neighbour_tpm == 0
+    # Someone else used 30,000 of the minute: their rate (less the noise allowance)
+    # is left free, and each window holds that much less.
+    assert gate.observe("w1", {"x-ratelimit-remaining-tokens": str(60_000 - 300 - 30_000)})
     snap = gate.snapshot("w1")
-    assert snap.tokens_available == 0
-    # The 500 someone else used in the last window (1 s + the guard) is their rate.
-    assert snap.neighbour_tpm == pytest.approx(500 / (1 + GUARD) * 60)
-    assert snap.effective_tpm == pytest.approx(60_000 - snap.neighbour_tpm)
+    assert snap.neighbour_tpm == pytest.approx(30_000 - 0.02 * 60_000, rel=1e-3)
+    assert snap.effective_tpm == pytest.approx(60_000 - snap.neighbour_tpm, rel=1e-3)
+    assert snap.tokens_available == pytest.approx(1000 * snap.rate_factor - 300, abs=1)
+
+
+def test_edge_header_sync_counts_a_neighbour_once(redis_client: redis.Redis) -> None:
+    # N2: every response reported the same neighbour usage again while bookings lay
+    # ahead; each was added at the back of the line, and the line moved back with each.
+    gate = Gate(redis_client, [deployment()], horizon_seconds=5.0, neighbour_sample_seconds=0)
+    for _ in range(3):
+        gate.reserve("w1", tokens=300)
+    booked = gate.reserve("w1", tokens=300)
+    assert booked.outcome is Outcome.BOOKED
+    ahead = gate.snapshot("w1").booked_ahead_seconds
+    headers = {"x-ratelimit-remaining-tokens": str(60_000 - 900 - 6_000),
+               "x-ratelimit-remaining-requests": str(600 - 3 - 60)}  # fmt: skip
+    for _ in range(10):
+        gate.observe("w1", headers)
+    snap = gate.snapshot("w1")
+    # One neighbour of 6,000 tokens and 60 requests a minute (less the noise allowance).
+    assert snap.neighbour_tpm == pytest.approx(6_000 - 1_200, rel=1e-3)
+    assert snap.neighbour_rpm == pytest.approx(60 - 12, rel=1e-3)
+    assert snap.effective_rpm == pytest.approx(600 - snap.neighbour_rpm, rel=1e-3)
+    # Nothing was pushed to the back of the line.
+    assert gate.snapshot("w1").booked_ahead_seconds <= ahead
+    assert redis_client.zcard("quotaflow:{w1}:window") == 4
 
 
 def test_actual_accounting_charges_extra_usage_once(redis_client: redis.Redis) -> None:
@@ -202,7 +223,27 @@ def test_the_window_set_is_trimmed_and_expires(redis_client: redis.Redis) -> Non
         gate.reserve("w1", tokens=10)
     key = "quotaflow:{w1}:window"
     assert redis_client.zcard(key) <= 200
-    assert 0 < redis_client.pttl(key) <= 60_000
+    # Kept for header sync's minute past the last start, then gone.
+    assert 60_000 < redis_client.pttl(key) <= 62_000
+
+
+def test_edge_a_backfill_keeps_the_bookings_ahead(redis_client: redis.Redis) -> None:
+    # N1: a backfilled start shortened the set's expiry to its own window; the set
+    # expired with bookings ahead, and the gate over-admitted into their windows.
+    import time
+
+    gate = make_gate(redis_client)
+    decisions = [gate.reserve("w1", tokens=900) for _ in range(4)]
+    assert [d.outcome for d in decisions][1:] == [Outcome.BOOKED] * 3
+    assert gate.reserve("w1", tokens=50).outcome is Outcome.GRANTED  # backfill, now
+    key = "quotaflow:{w1}:window"
+    newest = redis_client.zrange(key, -1, -1, withscores=True)[0][1]
+    now_us = gate.now() * 1e6
+    assert redis_client.pttl(key) >= (newest - now_us) / 1000 + 1000
+    # A quiet spell longer than one window plus the old expiry margin (1 s).
+    time.sleep(1 + GUARD + 1.2)
+    gate.reserve("w1", tokens=900)
+    assert window_excess(starts(gate), window=1 + GUARD, allowance=1000) <= 0
 
 
 # -- settings ------------------------------------------------------------------------------

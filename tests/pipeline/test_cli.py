@@ -49,7 +49,7 @@ def test_run_end_to_end_with_a_private_redis(tmp_path: Path, simulator) -> None:
 
     lines = read_jsonl(tmp_path / "out.jsonl")
     seen = [line["custom_id"] for line in lines]
-    assert sorted(seen) == sorted([*ids, "line-9"])  # every request exactly once
+    assert sorted(seen) == sorted([*ids, "#line-9"])  # every request exactly once
     by_id = {line["custom_id"]: line for line in lines}
     for cid in ids:
         line = by_id[cid]
@@ -57,7 +57,7 @@ def test_run_end_to_end_with_a_private_redis(tmp_path: Path, simulator) -> None:
         assert line["response"]["status_code"] == 200
         assert line["response"]["body"]["choices"][0]["message"]["content"]
         assert line["id"].startswith("batch_req_")
-    bad = by_id["line-9"]
+    bad = by_id["#line-9"]
     assert bad["response"] is None
     assert bad["error"]["code"] == "invalid_request"
     assert "line 9" in bad["error"]["message"]

@@ -38,6 +38,22 @@ def session_commands(sid: int) -> list[str]:
     return commands
 
 
+def listening(port: int) -> set[str]:
+    """The addresses with a socket listening on `port` (from /proc/net/tcp and tcp6)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for row in Path(table).read_text().splitlines()[1:]:
+            local, state = row.split()[1], row.split()[3]
+            address, hex_port = local.split(":")
+            if state != "0A" or int(hex_port, 16) != port:
+                continue
+            if len(address) == 8:  # IPv4, little-endian
+                found.add(".".join(str(b) for b in reversed(bytes.fromhex(address))))
+            else:
+                found.add("::" if int(address, 16) == 0 else f"ipv6:{address}")
+    return found
+
+
 def test_flower_requires_auth_and_sees_the_worker_and_tasks(
     tmp_path: Path, simulator, cluster
 ) -> None:  # type: ignore[no-untyped-def]
@@ -48,10 +64,9 @@ def test_flower_requires_auth_and_sees_the_worker_and_tasks(
     # As the README starts it: `FLOWER_BASIC_AUTH=user:pass make flower` (the venv is
     # installed: -o keeps make from reinstalling it). Flower reads its options from
     # FLOWER_* variables, the password included.
-    flower_env = {"FLOWER_BASIC_AUTH": "user:pass", "FLOWER_PORT": str(port),
-                  "FLOWER_ADDRESS": "127.0.0.1"}  # fmt: skip
+    flower_env = {"FLOWER_BASIC_AUTH": "user:pass", "FLOWER_PORT": str(port)}
     env = worker_env(c.settings, flower_env)
-    args = ["make", "-s", "-o", ".venv/.installed", "flower"]
+    args = ["make", "-s", "-o", ".venv/.runtime", "-o", ".venv/.installed", "flower"]
     log = (tmp_path / "flower.log").open("wb")
     flower = subprocess.Popen(
         args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -59,6 +74,8 @@ def test_flower_requires_auth_and_sees_the_worker_and_tasks(
     base = f"http://127.0.0.1:{port}"
     try:
         workers = poll_json(f"{base}/api/workers?refresh=1", lambda d: bool(d))
+        # Loopback only (Flower's own default is every interface, IPv4 and IPv6).
+        assert listening(port) == {"127.0.0.1"}
         # The password is on no command line that `ps` shows.
         commands = session_commands(flower.pid)
         assert any("flower" in cmd for cmd in commands), commands

@@ -101,7 +101,7 @@ def test_a_mixed_file_runs_its_valid_lines(
     assert status.total == 2 + len(report.rejected)
     assert status.counts["failed"] == len(report.rejected)
     out = {line["custom_id"]: line for line in jobs.output_lines(report.job_id)}
-    assert out["line-2"]["error"]["message"].startswith("line 2: not valid JSON")
+    assert out["#line-2"]["error"]["message"].startswith("line 2: not valid JSON")
 
 
 def test_a_request_bigger_than_the_burst_is_refused_at_submit(jobs: Jobs) -> None:
@@ -191,3 +191,35 @@ def test_recover_resends_only_the_message_the_broker_lost(
     # Nothing is lost any more; and a young silence is never taken for a loss.
     assert jobs.recover("lossy", older_than=0) == 0
     assert jobs.recover(report.job_id) == 0
+
+
+def test_edge_a_refused_line_never_takes_a_real_custom_id(jobs: Jobs, tmp_path: Path) -> None:
+    # N19: line 2 cannot be read, and a later line's own custom_id is "line-2"; line 5
+    # is refused with its custom_id "b", which a later valid line repeats.
+    path = tmp_path / "ids.jsonl"
+    path.write_text(
+        "\n".join(
+            [
+                line("a", chat()),
+                "{not json",
+                line("line-2", chat()),
+                line("#line-9", chat()),
+                line("b", chat(), url="/v1/completions"),
+                line("b", chat()),
+            ]
+        )
+        + "\n"
+    )
+    report = jobs.submit_file(path)
+    assert report.submitted == 2 and report.skipped == 0
+    errors = {e.line: str(e) for e in report.rejected}
+    assert set(errors) == {2, 4, 5, 6}
+    assert "'#line-9' is reserved" in errors[4] and "repeats an earlier line" in errors[6]
+    status = jobs.status(report.job_id)
+    assert status.total == 6 and status.counts["failed"] == 4
+    out = {line["custom_id"]: line for line in jobs.output_lines(report.job_id)}
+    assert "line-2" not in out  # queued, not failed: it runs
+    assert out["#line-2"]["error"]["message"].startswith("line 2: not valid JSON")
+    assert out["#line-4"]["error"]["message"].startswith("line 4: custom_id '#line-9'")
+    assert out["b"]["error"]["message"].startswith("line 5: url must be one of")
+    assert "line 6" in out["#line-6"]["error"]["message"]

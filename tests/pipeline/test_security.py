@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -24,6 +25,7 @@ from pipeline.redis_server import RedisServer
 from settings import Settings, settings_env
 from simulator import Simulator, SimulatorConfig
 from tasks import complete
+from tasks.hidden import HIDDEN_RESULT
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -110,6 +112,33 @@ def test_edge_prompt_hidden_from_flower_and_task_events(stack: Stack) -> None:
 
     for shown in (tasks, task_page, held, worker_page):
         assert PROMPT not in shown
+
+
+def test_edge_response_hidden_from_flower_task_events_and_log(stack: Stack) -> None:
+    # N18: the response can carry as much personal data as the prompt. The caller
+    # gets it; Flower, the task-succeeded event and the worker's log line do not.
+    configure(app, stack.settings)
+    stack.worker_name()  # Flower is up and listening before the task runs
+    done = complete.delay(BODY, custom_id="cid-answer-1", job_id="job-answer")
+    answer = done.get(timeout=60)
+    reply = answer["id"]  # unique to this response
+    assert reply.startswith("chatcmpl-") and answer["choices"][0]["message"]["content"]
+
+    tasks = stack.flower.poll("/api/tasks", lambda t: "cid-answer-1" in t and "SUCCESS" in t)
+    succeeded = stack.flower.poll(
+        f"/api/task/info/{done.id}", lambda t: json.loads(t).get("state") == "SUCCESS"
+    )
+    info = json.loads(succeeded)
+    assert info["result"] == HIDDEN_RESULT
+    status, task_page = stack.flower.get(f"/task/{done.id}")
+    assert status == 200 and "cid-answer-1" in task_page
+    deadline = time.monotonic() + 10  # Celery logs the success just after storing it
+    while f"[{done.id}] succeeded in" not in stack.worker.log() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    log = stack.worker.log()
+    assert f"[{done.id}] succeeded in" in log and HIDDEN_RESULT in log
+    for shown in (tasks, task_page, log):
+        assert reply not in shown
 
 
 @pytest.mark.parametrize("show", [False, True])
