@@ -17,7 +17,9 @@ from __future__ import annotations
 import json
 import re
 import weakref
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from importlib import resources
 from typing import TYPE_CHECKING, Any, cast
 
 import redis
@@ -76,6 +78,58 @@ def deployment_queues(settings: Settings) -> dict[str, str]:
 def all_queues(settings: Settings) -> list[str]:
     """Every queue quotaflow's messages wait in: main, retry, one per deployment."""
     return [settings.queue, settings.retry_queue, *deployment_queues(settings).values()]
+
+
+#: Messages of a list one look-up command reads (`find_ids.lua`).
+FIND_SLICE = 200
+
+
+class BrokerLookup:
+    """Which task ids are in the broker, read a bounded slice per command.
+
+    Nothing is read in one transaction: a look-up can take a while on a long backlog
+    and the gate shares this Redis. Lists are read from the head (index 0, where kombu
+    pushes) towards the tail (where workers pop): a push shifts what is left to read
+    (read twice, harmless), a pop takes from the end (nothing shifts), so a message
+    that stays in its list is never skipped. Then the unacked hash, where a popped
+    message goes. A message caught between the two (popped, not yet in the hash)
+    is missed: a caller looks more than once, some time apart.
+    """
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        text = resources.files("pipeline").joinpath("lua", "find_ids.lua").read_text("utf-8")
+        self._find = client.register_script(text)
+
+    def present(self, task_ids: Iterable[str], lists: Iterable[str]) -> set[str]:
+        """Of `task_ids`, those waiting in one of `lists` or held by a worker (unacked).
+
+        Only ids leave Redis for the lists; stops as soon as every id is found."""
+        wanted = set(task_ids)
+        found: set[str] = set()
+        for name in lists:
+            start = 0
+            while wanted:
+                length, *hits = self._find(
+                    keys=[name], args=[start, start + FIND_SLICE - 1, *wanted]
+                )
+                seen = {_text(h) for h in hits}
+                found |= seen
+                wanted -= seen
+                start += FIND_SLICE
+                if start >= int(length):
+                    break
+        cursor = None
+        while wanted and cursor != 0:
+            cursor, entries = self.client.hscan(UNACKED_KEY, cursor or 0, count=_SCAN_STEP)
+            seen = {raw_message_id(raw) for raw in cast(dict[bytes, bytes], entries).values()}
+            found |= seen & wanted
+            wanted -= seen
+        return found
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 #: Most unacked messages one reading of the queue depth classifies.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -26,6 +25,7 @@ from pipeline.messages import Template
 from pipeline.recovery import Recovery
 from pipeline.sending import pending_request, send, send_all
 from settings import Settings, SettingsError
+from tasks.jobstate import job_id_error
 from tasks.jobstore import JobStatus, JobStore
 from tasks.metrics import check_tenant
 from tasks.request import route
@@ -66,21 +66,15 @@ class CancelReport:
     running: int = 0
 
 
-#: Job ids are Redis key parts and shell words: no spaces, slashes, braces or quotes.
-JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
-
-
 def new_job_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
 
 
 def check_job_id(job_id: str) -> str:
     """`job_id` if it is a valid job id, else a SettingsError that says what is allowed."""
-    if not JOB_ID_PATTERN.fullmatch(job_id):
-        raise SettingsError(
-            f"invalid job id {job_id!r}: use 1-100 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit"
-        )
+    error = job_id_error(job_id)
+    if error is not None:
+        raise SettingsError(error)
     return job_id
 
 

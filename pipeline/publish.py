@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -30,12 +31,13 @@ from celery.utils.saferepr import saferepr
 from celery.worker.consumer.control import Control
 from kombu.utils.encoding import safe_repr
 
-from budget import QuotaflowError
+from budget import InvalidRequest, QuotaflowError
 from pipeline import installed
 from pipeline.broker import deployment_queue
-from settings import SettingsError, redact_url
+from settings import Settings, SettingsError, redact_url
 from tasks import runtime
 from tasks.errors import NotConfigured
+from tasks.jobstate import ADHOC_JOB_SECONDS, adhoc_job, job_id_error
 from tasks.metrics import check_tenant
 from tasks.provider import check_body
 from tasks.request import route
@@ -129,6 +131,19 @@ def check_reachable(url: str) -> None:
     _answered.add((os.getpid(), url))
 
 
+def with_job_id(kwargs: Mapping[str, Any], settings: Settings | None) -> dict[str, Any]:
+    """A request's kwargs with its job id checked, or set to the adhoc job of now when
+    it has none: fixed in the message, so its retries count in the same job."""
+    job_id = kwargs.get("job_id")
+    if job_id is None:
+        seconds = ADHOC_JOB_SECONDS if settings is None else settings.adhoc_job_seconds
+        return {**kwargs, "job_id": adhoc_job(time.time(), seconds)}
+    error = job_id_error(job_id)
+    if error is not None:
+        raise InvalidRequest(error)
+    return dict(kwargs)
+
+
 class QuotaflowAMQP(AMQP):  # type: ignore[misc]
     """Builds quotaflow's task messages: argument reprs without the prompt; refusals."""
 
@@ -150,8 +165,11 @@ class QuotaflowAMQP(AMQP):  # type: ignore[misc]
                 raise SettingsError(NO_REDIS)
             if settings is not None and settings.redis_url is not None:
                 check_reachable(settings.redis_url)
+            if kwargs is None:
+                kwargs = {}
             if isinstance(kwargs, Mapping):
                 check_tenant(kwargs.get("tenant"))
+                kwargs = with_job_id(kwargs, settings)
             # The router sends a body no deployment serves on to be dead-lettered with
             # its reason; a body carrying SDK call options is refused here, at once.
             body = args[0] if isinstance(args, list | tuple) and args else None

@@ -2,9 +2,11 @@
 
 `send` publishes one kept request through Celery; `send_all` a submit's chunk in
 batches of one round trip (pipeline.messages), Celery's path where that cannot serve.
-Any other publish of a quotaflow task (`complete.delay(...)`) is kept by a
-`before_task_publish` hook on the publisher's side, before any worker can see the
-message, so that pipeline.recovery can send it again if the broker loses it.
+Any other publish of a quotaflow task (`complete.delay(...)`) is kept by an
+`after_task_publish` hook on the publisher's side, once the broker has the message,
+so that pipeline.recovery can send it again if the broker loses it. Kept after, not
+before: a publish that raises leaves nothing that recovery would send (the caller was
+told it failed, and may well send it again itself).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 import redis
 from celery import signals
 
+from pipeline.broker import all_queues
 from pipeline.messages import Batch, NoTemplate, Template
 from tasks import TASK_FOR_URL, runtime
 from tasks.errors import NotConfigured
@@ -89,6 +92,7 @@ def send_all(
     dict (task name -> queue -> template) to every call, so each is made once."""
     if not requests:
         return
+    _register_queues()
     task = TASK_FOR_URL[next(iter(requests.values()))["url"]]
     if not celery_result and all(TASK_FOR_URL[r["url"]] is task for r in requests.values()):
         # A pooled connection (a new one per chunk costs ~10 ms), a channel of our own
@@ -114,14 +118,41 @@ def send_all(
             send(job_id, custom_id, pending, celery_result=celery_result, producer=producer)
 
 
-@signals.before_task_publish.connect
+#: The (Redis client, queues) this process added to the set of queues ever used.
+_registered: set[tuple[int, tuple[str, ...]]] = set()
+
+
+def _register_queues() -> None:
+    """Add this publisher's queues to the set of queues ever used, once per process:
+    a worker that does not know a deployment yet still looks in its queue before it
+    takes a request for lost (pipeline.recovery)."""
+    try:
+        rt = runtime.current()
+    except NotConfigured:
+        return
+    queues = tuple(all_queues(rt.settings))
+    if (id(rt.redis), queues) in _registered:
+        return
+    try:
+        rt.redis.sadd(rt.jobs.queues_key, *queues)
+    except redis.RedisError as exc:
+        log.warning("queues not registered for recovery (Redis: %s)", exc)
+        return
+    _registered.add((id(rt.redis), queues))
+
+
+@signals.after_task_publish.connect
 def _record_publish(
     sender: str | None = None,
     body: Any = None,
     headers: dict[str, Any] | None = None,
+    routing_key: str | None = None,
     **_: Any,
 ) -> None:
-    """Keep a request published outside `submit` (e.g. `complete.delay`) for recovery."""
+    """Keep a request published outside `submit` (e.g. `complete.delay`) for recovery.
+
+    A worker may have taken the message already: the job store then leaves a request
+    that finished as it is (tasks/lua/queue.lua)."""
     url = URL_FOR_TASK.get(sender or "")
     headers = headers or {}
     if url is None or headers.get(H_RECORDED) or headers.get("retries"):
@@ -135,10 +166,11 @@ def _record_publish(
         task_id = str(headers["id"])
         req = args[0] if args else kwargs.get("body")
         cid = kwargs.get("custom_id") or task_id
+        # pipeline.publish sets the job id (the adhoc job of the hour when none is given).
         job = kwargs.get("job_id") or ADHOC_JOB
         pending = pending_request(url, req, kwargs.get("deployment"), kwargs.get("tenant"),
                                   task_id)  # fmt: skip
-        rt.jobs.record_published(job, cid, pending)
+        rt.jobs.record_published(job, cid, pending, queue=routing_key)
     except (TypeError, KeyError, IndexError, AttributeError) as exc:
         log.warning("not kept for recovery: unexpected %s message (%s)", sender, exc)
     except redis.RedisError as exc:

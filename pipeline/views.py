@@ -264,20 +264,21 @@ def _table(title: str, headers: list[str], rows: list[list[str]], caption: str =
 
 
 def jobs_table(jobs: Jobs, limit: int = 30) -> Table | str:
-    ids = jobs.store.job_ids()
+    ids = jobs.store.job_ids(last=limit)
     if not ids:
         return "no jobs yet: quotaflow submit BATCH.jsonl"
     rows = []
-    for job_id in ids[-limit:]:
+    for job_id in ids:
         s = jobs.store.status(job_id)
         c = s.counts
         created = time.strftime("%m-%d %H:%M", time.localtime(s.created_at))
         pending = s.total - c["done"] - c["failed"]
         rows.append([escape(job_id), created, str(s.total), str(c["done"]), str(c["failed"]),
                      str(pending), f"${s.cost_usd:,.4f}"])  # fmt: skip
-    caption = f"the {limit} most recent of {len(ids)}" if len(ids) > limit else ""
+    total = max(len(ids), jobs.store.job_count())
+    caption = f"the {limit} most recent of {total}" if total > limit else ""
     headers = ["job", "created", "total", "done", "failed", "pending", "cost"]
-    return _table(f"jobs ({len(ids)})", headers, rows, caption)
+    return _table(f"jobs ({total})", headers, rows, caption)
 
 
 def recover_line(jobs: Jobs, job_id: str, *, sent: int, again: str) -> Text:

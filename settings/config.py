@@ -117,6 +117,9 @@ class Settings(BaseSettings):
     #: A finished job's data (results, dead letters, counts) and a request's Celery
     #: result expire this long after the job (or the request) finishes.
     retention_seconds: PositiveInt = 7 * 24 * 3600
+    #: Requests sent with `.delay()` without a job id are grouped in one job per this
+    #: many seconds (UTC), `adhoc-YYYYMMDD-HHMMSS`: each such job finishes and expires.
+    adhoc_job_seconds: PositiveInt = 3600
     #: Redis visibility timeout: an unacked message is redelivered after this long.
     #: Unset: derived from the other settings (see `visibility_timeout`), so a killed
     #: worker's running and deferred requests come back as soon as is safe.

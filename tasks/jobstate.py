@@ -6,13 +6,38 @@
 from __future__ import annotations
 
 import dataclasses
+import re
+import time
 from dataclasses import dataclass, field
 
 STATES = ("queued", "deferred", "running", "retrying", "done", "failed")
-#: Job id for requests sent with `.delay()` without one.
+#: Job ids of requests sent with `.delay()` without one start with this (`adhoc_job`).
 ADHOC_JOB = "adhoc"
+#: Such requests are grouped in one job per this many seconds (UTC), unless told otherwise:
+#: a job that keeps getting requests never finishes, so it would never expire.
+ADHOC_JOB_SECONDS = 3600
+#: Job ids are Redis key parts (a brace would move the keys to another Cluster slot) and
+#: shell words: no spaces, slashes, braces or quotes.
+JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 #: A finished job's keys expire this long after it finishes, unless told otherwise.
 RETENTION_SECONDS = 7 * 24 * 3600
+
+
+def job_id_error(job_id: object) -> str | None:
+    """What is wrong with `job_id`, or None when it is a valid job id."""
+    if isinstance(job_id, str) and JOB_ID_PATTERN.fullmatch(job_id):
+        return None
+    return (
+        f"invalid job id {job_id!r}: use 1-100 letters, digits, '.', '_' or '-', "
+        "starting with a letter or digit"
+    )
+
+
+def adhoc_job(at: float, seconds: int = ADHOC_JOB_SECONDS) -> str:
+    """The job of a request sent at `at` (epoch seconds) without a job id:
+    `adhoc-YYYYMMDD-HHMMSS`, the UTC start of its period of `seconds`."""
+    start = int(at) // seconds * seconds
+    return time.strftime(f"{ADHOC_JOB}-%Y%m%d-%H%M%S", time.gmtime(start))
 
 
 @dataclass(frozen=True)

@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Iterator
-from importlib import resources
 from typing import Any
 
 import redis
 
 from budget.resp import command, execute_packed
 from tasks.errors import Cancelled
+from tasks.jobindex import OpenJobs, script
+from tasks.jobrecovery import RecoveryReads
 from tasks.jobstate import (  # noqa: F401  - re-exported: callers import them from here
     ADHOC_JOB,
     RETENTION_SECONDS,
@@ -30,14 +31,9 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _script(client: redis.Redis, name: str) -> Any:
-    text = resources.files("tasks").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
-    return client.register_script(text)
-
-
-class JobStore:
+class JobStore(RecoveryReads):
     """A job's keys expire `retention_seconds` after its last request finishes (done
-    or dead-lettered) and stop expiring when a request is added to it again."""
+    or dead-lettered) and stop expiring when a new request is added to it."""
 
     def __init__(
         self,
@@ -49,13 +45,16 @@ class JobStore:
         self.client = client
         self.prefix = key_prefix
         self.retention_seconds = retention_seconds
-        self._transition = _script(client, "transition")
-        self._record = _script(client, "record")
-        self._dead = _script(client, "dead")
-        self._claim = _script(client, "claim")
-        self._queue = _script(client, "queue")
-        self._add_queued = _script(client, "add_queued")
-        self._cancel = _script(client, "cancel")
+        self._transition = script(client, "transition")
+        self._record = script(client, "record")
+        self._dead = script(client, "dead")
+        self._claim = script(client, "claim")
+        self._queue = script(client, "queue")
+        self._add_queued = script(client, "add_queued")
+        self._arrive = script(client, "arrive")
+        self._cancel = script(client, "cancel")
+        #: The jobs that may have unfinished requests (pipeline.recovery reads it).
+        self.open = OpenJobs(client, key_prefix=key_prefix)
 
     def keys(self, job_id: str) -> JobKeys:
         return job_keys(self.prefix, job_id)
@@ -63,6 +62,11 @@ class JobStore:
     @property
     def index_key(self) -> str:
         return f"{self.prefix}:jobs"
+
+    @property
+    def queues_key(self) -> str:
+        """The set of every queue a request was published to or a worker consumed."""
+        return f"{self.prefix}:queues"
 
     def create(self, job_id: str, *, meta: dict[str, str] | None = None) -> None:
         k = self.keys(job_id)
@@ -88,30 +92,46 @@ class JobStore:
     def _count_in(self, job_id: str, added: int, estimated: int) -> None:
         k = self.keys(job_id)
         pipe = self.client.pipeline()
-        _persist(pipe, k)  # an unfinished job does not expire
+        if added:
+            _persist(pipe, k)  # a job with a new request is unfinished: it does not expire
         pipe.hincrby(k.counts, "queued", added)
         pipe.hincrby(k.meta, "total", added)
         pipe.hincrby(k.totals, "tokens_estimated", estimated)
         # A job made by `.delay(..., job_id=...)` is never created: list it all the same.
         pipe.hsetnx(k.meta, "created_at", repr(time.time()))
-        pipe.zadd(self.index_key, {job_id: time.time()}, nx=True)
         pipe.execute()
+        self._list(job_id)
 
-    def record_published(self, job_id: str, custom_id: str, request: dict[str, Any]) -> None:
-        """Count one request in and keep it for recovery, as its message is published.
+    def _list(self, job_id: str, pipe: Any = None) -> None:
+        """List the job in the index and the open jobs (after its requests' `touched`
+        entries are written: see tasks.jobindex)."""
+        now = time.time()
+        p = self.client.pipeline(transaction=False) if pipe is None else pipe
+        p.zadd(self.index_key, {job_id: now}, nx=True)
+        p.zadd(self.open.key, {job_id: now})
+        if pipe is None:
+            p.execute()
 
-        One pipelined round trip: the script (the job's keys) and the job index.
+    def record_published(
+        self, job_id: str, custom_id: str, request: dict[str, Any], *, queue: str | None = None
+    ) -> None:
+        """Count one request in and keep it for recovery, once its message is published
+        (to `queue`, which joins the set of queues ever used).
+
+        One pipelined round trip: the script (the job's keys), the job indexes, the queues.
         """
         k = self.keys(job_id)
         now = repr(time.time())
+        first = [k.meta, k.states, k.counts, k.pending, k.touched]
         pipe = self.client.pipeline(transaction=False)
         self._queue(
-            keys=[k.meta, k.states, k.counts, k.pending, k.touched],
+            keys=[*first, *(key for key in k.all() if key not in first)],
             args=[custom_id, json.dumps(request, separators=(",", ":")), now],
             client=pipe,
         )
-        _persist(pipe, k)
-        pipe.zadd(self.index_key, {job_id: float(now)}, nx=True)
+        self._list(job_id, pipe)
+        if queue:
+            pipe.sadd(self.queues_key, queue)
         pipe.execute()
 
     def begin_publish(self, job_id: str, requests: dict[str, dict[str, Any]]) -> None:
@@ -131,9 +151,14 @@ class JobStore:
                 *_keep_pending(k, requests),
                 command(b"SADD", k.unsent.encode(), *ids),
                 command(b"EXEC"),
+                self._listing(job_id),
             ],
             retry=True,
         )
+
+    def _listing(self, job_id: str) -> bytes:
+        """`_list` for the open jobs, as one packed command to send after the requests."""
+        return command(b"ZADD", self.open.key.encode(), repr(time.time()).encode(), job_id.encode())
 
     def end_publish(self, job_id: str, custom_ids: Iterable[str]) -> None:
         ids = [cid.encode() for cid in custom_ids]
@@ -170,84 +195,11 @@ class JobStore:
         """Keep each request until it finishes, so a lost message can be sent again."""
         if not requests:
             return
-        execute_packed(self.client, _keep_pending(self.keys(job_id), requests), retry=True)
-
-    def stale(
-        self, job_id: str, *, older_than: float, limit: int | None = None
-    ) -> dict[str, tuple[str, str]]:
-        """Unfinished requests untouched for `older_than` seconds, oldest first.
-
-        Returns custom_id -> (state, touched) (see `snapshot`), at most `limit` of
-        them. Their message may be lost, or simply waiting (in a queue's backlog, or
-        held by a worker until its countdown ends): the caller looks in the broker.
-        Reads the job's touched hash (unfinished requests only; no request bodies).
-        """
-        k = self.keys(job_id)
-        cutoff = time.time() - older_than
-        old = sorted(
-            (float(at), _text(cid))
-            for cid, at in self.client.hscan_iter(k.touched, count=1000)
-            if float(at) < cutoff
+        execute_packed(
+            self.client,
+            [*_keep_pending(self.keys(job_id), requests), self._listing(job_id)],
+            retry=True,
         )
-        cids = [cid for _, cid in old[:limit]]
-        return {
-            cid: snap
-            for cid, snap in self.snapshot(job_id, cids).items()
-            if snap[0] not in ("", "done", "failed")
-        }
-
-    def snapshot(self, job_id: str, custom_ids: list[str]) -> dict[str, tuple[str, str]]:
-        """custom_id -> (state, last touched): equal snapshots mean nothing moved."""
-        if not custom_ids:
-            return {}
-        k = self.keys(job_id)
-        pipe = self.client.pipeline(transaction=True)
-        pipe.hmget(k.states, custom_ids)
-        pipe.hmget(k.touched, custom_ids)
-        states, touched = pipe.execute()
-        return {
-            cid: (_text(s or b""), _text(t or b""))
-            for cid, s, t in zip(custom_ids, states, touched, strict=True)
-        }
-
-    def pending(self, job_id: str, custom_ids: list[str]) -> dict[str, dict[str, Any]]:
-        """The kept requests (those not finished) of `custom_ids`."""
-        if not custom_ids:
-            return {}
-        raw = self.client.hmget(self.keys(job_id).pending, custom_ids)
-        return {cid: json.loads(r) for cid, r in zip(custom_ids, raw, strict=True) if r}
-
-    def open_jobs(self) -> list[str]:
-        """Jobs with unfinished requests: one pipelined HLEN per job in the index."""
-        ids = self.job_ids()
-        if not ids:
-            return []
-        pipe = self.client.pipeline(transaction=False)
-        for job_id in ids:
-            pipe.hlen(self.keys(job_id).touched)
-        return [j for j, n in zip(ids, pipe.execute(), strict=True) if n]
-
-    def quiet(self, job_id: str) -> dict[str, float]:
-        """Seconds each unfinished request that could be sent again has been silent."""
-        k = self.keys(job_id)
-        now = time.time()
-        touched = {
-            _text(cid): float(at) for cid, at in self.client.hscan_iter(k.touched, count=1000)
-        }
-        if not touched:
-            return {}
-        kept = self.client.hmget(k.pending, list(touched))
-        return {
-            cid: now - at
-            for (cid, at), request in zip(touched.items(), kept, strict=True)
-            if request is not None
-        }
-
-    def touch(self, job_id: str, custom_ids: Iterable[str]) -> None:
-        ids = list(custom_ids)
-        if ids:
-            now = repr(time.time())
-            self.client.hset(self.keys(job_id).touched, mapping=dict.fromkeys(ids, now))
 
     def count(self, job_id: str, field_name: str, amount: int = 1) -> None:
         self.client.hincrby(self.keys(job_id).totals, field_name, amount)
@@ -256,22 +208,21 @@ class JobStore:
         self, job_id: str, custom_id: str, *, first: bool, task_id: str = ""
     ) -> dict[str, Any] | None:
         """A delivery begins: the stored result if there is one (a redelivery), and on a
-        first delivery the request counted in if its publisher did not. One round trip
-        when it was (every submit and `.delay()`). Raises Cancelled for a message that
-        `cancel` stopped (a replay sends the request under a new task id)."""
+        first delivery the request counted in if its publisher did not. An unfinished
+        request is touched (the recovery sweep sees it moved). One round trip when its
+        publisher counted it in (every submit and `.delay()`). Raises Cancelled for a
+        message that `cancel` stopped (a replay sends the request under a new task id)."""
         k = self.keys(job_id)
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hget(k.results, custom_id)
-        pipe.hget(k.cancelled, custom_id)
-        if first:
-            pipe.hsetnx(k.states, custom_id, "queued")
-        raw, cancelled, *added = pipe.execute()
-        if task_id and cancelled is not None and _text(cancelled) == task_id:
+        raw, added, cancelled = self._arrive(
+            keys=[k.results, k.states, k.touched, k.cancelled],
+            args=[custom_id, "1" if first else "0", repr(time.time()), task_id],
+        )
+        if cancelled:
             raise Cancelled(
                 f"cancelled: request {custom_id} of job {job_id} was cancelled before it "
                 f"was sent; `quotaflow replay {job_id}` sends it again"
             )
-        if added and added[0]:
+        if added:
             self._count_in(job_id, 1, 0)
         return None if raw is None else json.loads(raw)
 
@@ -365,19 +316,28 @@ class JobStore:
     def exists(self, job_id: str) -> bool:
         return bool(self.client.exists(self.keys(job_id).meta))
 
-    def job_ids(self) -> list[str]:
-        """Every job in the index; those whose data has expired leave it here."""
-        ids = [_text(j) for j in self.client.zrange(self.index_key, 0, -1)]
-        if not ids:
-            return []
-        pipe = self.client.pipeline(transaction=False)
-        for job_id in ids:
-            pipe.exists(self.keys(job_id).meta)
-        alive = pipe.execute()
-        gone = [j for j, a in zip(ids, alive, strict=True) if not a]
-        if gone:
+    def job_ids(self, *, last: int | None = None) -> list[str]:
+        """The jobs in the index, oldest first (only the `last` most recent when given);
+        those whose data has expired leave it here."""
+        while True:
+            start = 0 if last is None else -last
+            ids = [_text(j) for j in self.client.zrange(self.index_key, start, -1)]
+            if not ids:
+                return []
+            pipe = self.client.pipeline(transaction=False)
+            for job_id in ids:
+                pipe.exists(self.keys(job_id).meta)
+            alive = pipe.execute()
+            gone = [j for j, a in zip(ids, alive, strict=True) if not a]
+            if not gone:
+                return ids
             self.client.zrem(self.index_key, *gone)
-        return [j for j, a in zip(ids, alive, strict=True) if a]
+            if last is None:
+                return [j for j, a in zip(ids, alive, strict=True) if a]
+
+    def job_count(self) -> int:
+        """Jobs in the index (some may have expired since the last `job_ids`)."""
+        return int(self.client.zcard(self.index_key))
 
     def status(self, job_id: str) -> JobStatus:
         k = self.keys(job_id)

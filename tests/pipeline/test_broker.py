@@ -81,7 +81,7 @@ def test_recovery_sweeps_a_large_job_a_slice_at_a_time(
 
     monkeypatch.setattr(recovery, "SWEEP_MAX_SCANNED", 200)
     monkeypatch.setattr(recovery, "_SCAN_STEP", 100)
-    monkeypatch.setattr(recovery, "LOOK_GAP_SECONDS", 0.1)
+    monkeypatch.setattr(recovery, "LOOK_GAPS_SECONDS", (0.1, 0.1))
     sweeper = Recovery(c.settings, c.jobs.store)
     resent = []
     for _ in range(8):

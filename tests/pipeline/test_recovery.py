@@ -115,7 +115,8 @@ def test_edge_lost_delay_request_recovered(simulator, cluster, redis_client: red
             assert redis_client.lrem(QUEUE, 1, raw) == 1
     assert redis_client.llen(QUEUE) == 4
     # The publisher kept them: the `.delay()` requests are known and recoverable.
-    keys = job_keys(c.settings.key_prefix, ADHOC_JOB)
+    (adhoc,) = [j for j in c.jobs.store.job_ids() if j.startswith(f"{ADHOC_JOB}-")]
+    keys = job_keys(c.settings.key_prefix, adhoc)
     assert redis_client.hexists(keys.pending, sent[2].id)
     assert redis_client.hexists(keys.pending, "named")
 
@@ -123,7 +124,7 @@ def test_edge_lost_delay_request_recovered(simulator, cluster, redis_client: red
     c.start_workers(2, pool="threads", concurrency=4)
     replies = [r.get(timeout=60) for r in sent]
     assert all(reply["choices"] for reply in replies)
-    status = c.jobs.status(ADHOC_JOB)
+    status = c.jobs.status(adhoc)
     assert status.counts["done"] == 6 and status.total == 6
     # Each request reached the provider once: the lost ones were sent once more, not twice.
     assert sim.stats()["requests_received"] == 6

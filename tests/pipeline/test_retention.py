@@ -54,9 +54,36 @@ def test_delay_results_stay_retrievable_without_their_arguments(
     raw = redis_client.get(meta_key)
     assert raw is not None and b'"args"' not in raw and b"STARTED" not in raw
     assert 0 < int(redis_client.ttl(meta_key)) <= RETENTION
-    # adhoc, idle: it expires; a new request stops that until adhoc is idle again.
-    ttls = job_ttls(redis_client, c, ADHOC_JOB)
+    # Its adhoc job, idle: it expires; a new request stops that until it is idle again.
+    (adhoc,) = [j for j in c.jobs.store.job_ids() if j.startswith(f"{ADHOC_JOB}-")]
+    ttls = job_ttls(redis_client, c, adhoc)
     assert ttls and all(0 < t <= RETENTION for t in ttls.values()), ttls
     store = c.jobs.store
-    store.record_published(ADHOC_JOB, "in-flight", {"url": "/v1/chat/completions"})
-    assert all(t == -1 for t in job_ttls(redis_client, c, ADHOC_JOB).values())
+    store.record_published(adhoc, "in-flight", {"url": "/v1/chat/completions"})
+    assert all(t == -1 for t in job_ttls(redis_client, c, adhoc).values())
+
+
+def test_edge_adhoc_results_expire_under_continuous_traffic(
+    simulator: Any, cluster: Any, redis_client: redis.Redis
+) -> None:
+    # One adhoc job per second: `.delay()` traffic that never stops still leaves every
+    # finished request's data on a job that finished, and so expires.
+    c = cluster(simulator(**SIM), retention_seconds=60, adhoc_job_seconds=1)
+    (worker,) = c.start_workers(1, pool="threads", concurrency=4)
+    for body in bodies(4, seed=7):
+        assert complete.delay(body).get(timeout=60)["choices"]
+        time.sleep(0.6)
+    worker.stop()
+    time.sleep(1.0)
+    in_flight = complete.delay(bodies(1, seed=8)[0])  # no worker: it stays in flight
+    results = list(redis_client.scan_iter("*:results"))
+    assert len(results) >= 2
+    # Every stored result will expire, though a request is in flight.
+    assert all(0 < int(redis_client.ttl(k)) <= 60 for k in results), {
+        k: redis_client.ttl(k) for k in results
+    }
+    adhoc = [j for j in c.jobs.store.job_ids() if j.startswith(f"{ADHOC_JOB}-")]
+    assert len(adhoc) >= 3
+    (open_job,) = [j for j in adhoc if not c.jobs.status(j).finished]
+    assert c.jobs.store.pending(open_job, [in_flight.id])
+    assert all(t == -1 for t in job_ttls(redis_client, c, open_job).values())
