@@ -166,11 +166,14 @@ def _build_clients(**_: Any) -> None:
 
 def _default_app() -> Celery:
     # Importing `pipeline` must not fail on bad settings: the CLI reports them in one
-    # line, and a worker refuses to start with the same message (_check_worker).
+    # line, a worker refuses to start with the same message (_check_worker), and
+    # `.delay()` raises it (publish.QuotaflowAMQP).
     try:
         return create_app()
     except SettingsError as exc:
         celery_app = Celery("quotaflow", set_as_current=True, amqp=QuotaflowAMQP)
+        # Nothing may leave this process: publishing raises the settings error.
+        celery_app.conf.update(broker_url="memory://", result_backend="cache+memory://")
         installed.failed(str(exc))
         return celery_app
 
