@@ -13,7 +13,7 @@ import typer
 from rich.markup import escape
 
 from budget import QuotaflowError
-from pipeline.batchfile import BatchFileError, BatchLine, read_batch
+from pipeline.batchfile import BatchFileError
 from pipeline.cli.options import (
     POOLS,
     BatchArg,
@@ -25,6 +25,13 @@ from pipeline.cli.options import (
     cmd,
     current_settings,
     state,
+)
+from pipeline.cli.resume import (
+    earlier_output,
+    lines_to_send,
+    resume_command,
+    run_job_id,
+    write_output,
 )
 from pipeline.console import console, errors
 from pipeline.embedded import sigterm_as_interrupt
@@ -44,21 +51,6 @@ def _write_output(jobs: Jobs, job_id: str, path: Path) -> tuple[int, set[str]]:
             out.write(json.dumps(line, separators=(",", ":")) + "\n")
     os.replace(tmp, path)
     return len(seen), seen
-
-
-def _write_remaining(batch: Path, done: set[str], path: Path) -> int:
-    """The input lines with no output line yet, as a new batch file."""
-    n = 0
-    tmp = path.with_name(f".{path.name}.partial")
-    with tmp.open("w", encoding="utf-8") as out:
-        for item in read_batch(batch):
-            if isinstance(item, BatchLine) and item.custom_id not in done:
-                line = {"custom_id": item.custom_id, "method": "POST", "url": item.url,
-                        "body": item.body}  # fmt: skip
-                out.write(json.dumps(line, separators=(",", ":")) + "\n")
-                n += 1
-    os.replace(tmp, path)
-    return n
 
 
 def _check_batch(batch: Path) -> None:
@@ -88,10 +80,15 @@ def run(
     deployment: DeploymentOpt = None,
     tenant: TenantOpt = None,
     job_id: JobIdOpt = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="replace --output and send every request again")
+    ] = False,
 ) -> None:
     """Run a batch on this machine (configured or private Redis, local workers).
 
     Live progress; results in the Batch output format. Ctrl-C stops and writes what is done.
+
+    Run again, it resumes: the results already in --output are kept and not sent again.
     """
     settings = current_settings()
     if deployment is not None:
@@ -104,7 +101,10 @@ def run(
         raise QuotaflowError(f"--pool must be one of {', '.join(POOLS)}, got {pool!r}")
     if workers == 0 and settings.redis_url is None:
         raise QuotaflowError("--workers 0 needs a running cluster: set QUOTAFLOW_REDIS_URL")
-    job_id = job_id or new_job_id()
+    earlier = earlier_output(batch, output, force=force)
+    named_job = job_id
+    if job_id is None:
+        job_id = new_job_id() if force else run_job_id(batch, deployment=deployment, tenant=tenant)
     embedded = settings.redis_url is None
     started = time.monotonic()
     stopped_by: BaseException | None = None
@@ -116,12 +116,23 @@ def run(
         state.redis_url = rt.settings.redis_url  # the private one's, if started
         jobs = Jobs(rt.settings, rt.jobs)
         try:
+            if earlier.results or earlier.failed:
+                console.print(
+                    f"resuming: {len(earlier.results)} results in {escape(str(output))} are "
+                    "kept and not sent again"
+                    + (f"; {earlier.failed} failed requests are sent again" if earlier.failed
+                       else "")
+                )  # fmt: skip
+            existed = rt.jobs.exists(job_id)
             with console.status(f"submitting {batch}"):
-                report = jobs.submit_file(
-                    batch, job_id=job_id, deployment=deployment, tenant=tenant
-                )
+                report = jobs.submit(
+                    lines_to_send(batch, earlier), job_id=job_id, deployment=deployment,
+                    tenant=tenant, meta={"source": str(batch)},
+                )  # fmt: skip
+            # A resumed job on a configured Redis: its failures are tried again too.
+            replayed = jobs.replay(job_id)[0] if existed and earlier.failed else 0
             console.print(
-                f"job [bold]{escape(job_id)}[/]: {report.submitted} requests queued"
+                f"job [bold]{escape(job_id)}[/]: {report.submitted + replayed} requests queued"
                 + (f", {report.skipped} already in the job" if report.skipped else "")
                 + (f", {len(report.rejected)} lines rejected" if report.rejected else "")
             )
@@ -140,17 +151,18 @@ def run(
             except KeyboardInterrupt:
                 local.stop(grace=0)
         local.stop()
-        written, done = _write_output(jobs, job_id, output)
-        if rt.jobs.exists(job_id):
+        found = rt.jobs.exists(job_id)
+        done = write_output(output, earlier, jobs.output_lines(job_id) if found else ())
+        if found:
             status = jobs.status(job_id)
             elapsed = time.monotonic() - started
             console.print(job_table(status, title=f"job {escape(job_id)}", elapsed=elapsed))
             failures = failures_table(jobs, job_id)
             if failures is not None:
                 console.print(failures)
-        console.print(f"wrote {lines(written)} to [bold]{escape(str(output))}[/]")
+        console.print(f"wrote {lines(len(done))} to [bold]{escape(str(output))}[/]")
         if stopped_by is not None:
-            _resume_hint(batch, output, done, job_id=job_id, embedded=embedded)
+            _resume_hint(batch, output, named_job, embedded=embedded)
     if isinstance(stopped_by, WorkerError):
         raise stopped_by
     if stopped_by is not None:
@@ -161,23 +173,17 @@ def _names(settings: Settings, deployment: str | None) -> list[str]:
     return [deployment] if deployment else [d.name for d in settings.deployments]
 
 
-def _resume_hint(batch: Path, output: Path, done: set[str], *, job_id: str, embedded: bool) -> None:
+def _resume_hint(batch: Path, output: Path, job_id: str | None, *, embedded: bool) -> None:
+    again = escape(resume_command(batch, output, job_id))
     if embedded:
-        # The private Redis goes away with this process: carry the rest in a file.
-        remaining = output.with_name(output.stem + ".remaining.jsonl")
-        n = _write_remaining(batch, done, remaining)
-        if n:
-            rest = output.with_name(output.stem + ".rest.jsonl")
-            console.print(
-                f"{n} requests did not finish; they are in [bold]{escape(str(remaining))}[/].\n"
-                f"resume with: {escape(cmd('run', remaining, '-o', rest))} "
-                "(the two output files together are the whole batch)"
-            )
+        console.print(
+            f"resume with the same command: {again}   (the results in "
+            f"{escape(str(output))} are kept and not sent again)"
+        )
         return
     console.print(
         "unfinished requests stay queued in Redis (workers elsewhere keep going).\n"
-        f"resume with: {escape(cmd('run', batch, '-o', output, '--job-id', job_id))}   "
-        "(finished requests are skipped)"
+        f"resume with the same command: {again}   (finished requests are skipped)"
     )
 
 
