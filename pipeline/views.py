@@ -21,6 +21,7 @@ from pipeline.broker import queue_depth
 from pipeline.console import console
 from pipeline.jobs import Jobs, SubmitReport
 from pipeline.local import LocalWorkers
+from tasks.auth import read_stops
 from tasks.jobstore import JobStatus
 from tasks.metrics import parse_field
 from tasks.runtime import Runtime
@@ -198,6 +199,31 @@ def failures_table(jobs: Jobs, job_id: str, limit: int = 8) -> Table | None:
     if len(dead) > limit:
         table.caption = f"{len(dead) - limit} more in the output file"
     return table
+
+
+def failure_reasons(jobs: Jobs, job_id: str) -> Text | None:
+    """The job's failures counted per reason (`auth_failed 40 · invalid_request 1`)."""
+    counts: dict[str, int] = {}
+    for raw in jobs.store.dead_letters(job_id).values():
+        code = str((json.loads(raw).get("error") or {}).get("code") or "error")
+        counts[code] = counts.get(code, 0) + 1
+    if not counts:
+        return None
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    return Text("failed by reason: " + " · ".join(f"{code} {n}" for code, n in ranked))
+
+
+def stops_lines(rt: Runtime) -> Text | None:
+    """The deployments stopped for a refused API key, and why (tasks.auth)."""
+    stops = read_stops(rt.redis, rt.settings.key_prefix)
+    if not stops:
+        return None
+    text = Text()
+    for stop in stops:
+        text.append(f"stopped {stop.deployment}: ", style="bold red")
+        text.append(f"{stop.reason}\n")
+    text.rstrip()
+    return text
 
 
 def _table(title: str, headers: list[str], rows: list[list[str]], caption: str = "") -> Table:

@@ -37,7 +37,16 @@ from pipeline.console import console, errors
 from pipeline.embedded import sigterm_as_interrupt
 from pipeline.jobs import Jobs, check_job_id, new_job_id
 from pipeline.local import WorkerError, local_cluster
-from pipeline.views import failures_table, follow, job_table, lines, num, print_rejected
+from pipeline.views import (
+    failure_reasons,
+    failures_table,
+    follow,
+    job_table,
+    lines,
+    num,
+    print_rejected,
+    stops_lines,
+)
 from settings import Settings
 
 
@@ -153,13 +162,18 @@ def run(
         local.stop()
         found = rt.jobs.exists(job_id)
         done = write_output(output, earlier, jobs.output_lines(job_id) if found else ())
+        failed = 0
         if found:
             status = jobs.status(job_id)
+            failed = status.counts["failed"]
             elapsed = time.monotonic() - started
             console.print(job_table(status, title=f"job {escape(job_id)}", elapsed=elapsed))
             failures = failures_table(jobs, job_id)
             if failures is not None:
                 console.print(failures)
+            for note in (failure_reasons(jobs, job_id), stops_lines(rt)):
+                if note is not None:
+                    console.print(note, soft_wrap=True)
         console.print(f"wrote {lines(len(done))} to [bold]{escape(str(output))}[/]")
         if stopped_by is not None:
             _resume_hint(batch, output, named_job, embedded=embedded)
@@ -167,6 +181,12 @@ def run(
         raise stopped_by
     if stopped_by is not None:
         raise typer.Exit(130)
+    if failed:
+        # Finished, but not every request has a result: scripts must not take it for done.
+        errors.print(
+            f"[red]{failed} requests failed: their error lines are in {escape(str(output))}[/]"
+        )
+        raise typer.Exit(1)
 
 
 def _names(settings: Settings, deployment: str | None) -> list[str]:

@@ -15,7 +15,16 @@ from pipeline.cli.options import JobArg, cluster, cmd
 from pipeline.console import console
 from pipeline.embedded import sigterm_as_interrupt
 from pipeline.jobs import Jobs
-from pipeline.views import budget_view, follow, job_table, jobs_table, queue_line, recover_line
+from pipeline.views import (
+    budget_view,
+    failure_reasons,
+    follow,
+    job_table,
+    jobs_table,
+    queue_line,
+    recover_line,
+    stops_lines,
+)
 
 
 def status(
@@ -25,14 +34,22 @@ def status(
     """A job's progress, or the list of jobs."""
     rt = cluster()
     jobs = Jobs(rt.settings, rt.jobs)
+    stops = stops_lines(rt)
     if job is None:
         console.print(jobs_table(jobs))
+        if stops is not None:
+            console.print(stops, soft_wrap=True)
         return
     current = jobs.status(job)
     if watch and not current.finished:
         with contextlib.suppress(KeyboardInterrupt):
             current = follow(rt, jobs, job)
     console.print(job_table(current, title=f"job {escape(job)}"))
+    reasons = failure_reasons(jobs, job)
+    if reasons is not None:
+        console.print(reasons, soft_wrap=True)
+    if stops is not None:
+        console.print(stops, soft_wrap=True)
     depth = queue_depth(rt.redis, rt.settings)
     console.print(queue_line(depth.ready, depth.deferred, complete=depth.complete), soft_wrap=True)
 

@@ -39,7 +39,8 @@ def test_run_end_to_end_with_a_private_redis(tmp_path: Path, simulator) -> None:
     env = cli_env(QUOTAFLOW_DEPLOYMENTS=deployments(sim), QUOTAFLOW_LATE_TOLERANCE_SECONDS="0.5")
     args = ("run", "batch.jsonl", "-o", "out.jsonl", "--workers", "1", "--concurrency", "4")
     done = quotaflow(*args, cwd=tmp_path, env=env)
-    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.returncode == 1, done.stdout + done.stderr  # one request failed
+    assert "1 requests failed: their error lines are in out.jsonl" in done.stderr
     assert "Traceback" not in done.stderr
 
     lines = read_jsonl(tmp_path / "out.jsonl")
