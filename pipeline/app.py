@@ -126,6 +126,11 @@ def _check_worker(**_: Any) -> None:
     settings = installed.settings
     if settings is not None and settings.redis_url is None:
         raise SystemExit(f"quotaflow worker: {NO_REDIS}")
+    try:
+        if settings is not None:
+            settings.require_api_keys()  # workers make the calls: they need the keys
+    except SettingsError as exc:
+        raise SystemExit(f"quotaflow worker: {exc}") from None
     if settings is not None and settings.redis_url is not None:
         client = runtime.redis_client(settings.redis_url)
         try:

@@ -179,16 +179,20 @@ class Settings(BaseSettings):
             )
         return self
 
-    @model_validator(mode="after")
-    def _check_api_keys(self) -> Settings:
+    def require_api_keys(self) -> None:
+        """Raise SettingsError unless every deployment that needs a key has one.
+
+        Called where calls are made (workers, `run`, `demo`): commands that only read
+        or submit work (status, budget, metrics, submit, `.delay()`) need no keys.
+        """
         for dep in self.deployments:
             key = dep.api_key.get_secret_value() if dep.api_key else ""
             if dep.kind in KINDS_NEEDING_API_KEY and not key.strip():
-                raise ValueError(
+                raise SettingsError(
                     f"deployments: {dep.name!r} (kind {dep.kind!r}) has no api_key, so every "
-                    "call would be refused; set its api_key"
+                    "call would be refused; set its api_key where workers run (commands "
+                    "that make no calls, such as submit, status, budget and metrics, need none)"
                 )
-        return self
 
     @property
     def task_time_limit_seconds(self) -> float:

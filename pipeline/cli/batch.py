@@ -110,6 +110,8 @@ def run(
         raise QuotaflowError(f"--pool must be one of {', '.join(POOLS)}, got {pool!r}")
     if workers == 0 and settings.redis_url is None:
         raise QuotaflowError("--workers 0 needs a running cluster: set QUOTAFLOW_REDIS_URL")
+    if workers:
+        settings.require_api_keys()  # the local workers make calls
     earlier = earlier_output(batch, output, force=force)
     named_job = job_id
     if job_id is None:

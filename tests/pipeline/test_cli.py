@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 from support.cli import (
     NO_KEY,
-    NO_KEY_AZURE,
     cli_env,
     quotaflow,
     read_jsonl,
@@ -133,14 +132,6 @@ def test_budget_shows_each_deployment(tmp_path: Path, redis_server, redis_client
             {"QUOTAFLOW_DEPLOYMENTS": json.dumps([NO_KEY])},
             "deployments: 'gpt4o' (kind 'openai') has no api_key",
         ),
-        (
-            ("submit", "batch.jsonl"),
-            {
-                "QUOTAFLOW_REDIS_URL": "redis://127.0.0.1:1/0",
-                "QUOTAFLOW_DEPLOYMENTS": json.dumps([NO_KEY_AZURE]),
-            },
-            "deployments: 'gpt4o' (kind 'azure') has no api_key",
-        ),  # fmt: skip
     ],
     ids=[
         "missing-file",
@@ -154,7 +145,6 @@ def test_budget_shows_each_deployment(tmp_path: Path, redis_server, redis_client
         "bad-job-id",
         "job-id-with-braces",
         "openai-without-key",
-        "azure-without-key-at-submit",
     ],  # fmt: skip
 )
 def test_user_errors_are_one_red_line(
