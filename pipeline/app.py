@@ -21,6 +21,7 @@ from pipeline import (
 from pipeline.backlog import Backlog
 from pipeline.broker import deployment_queues
 from pipeline.compat import guard_restore_unacked, reuse_sync_clients
+from pipeline.liveness import Liveness
 from pipeline.preflight import check_eviction_policy
 from pipeline.publish import NO_REDIS, QuotaflowAMQP, hide_arguments_from_inspect, route_task
 from settings import Settings, SettingsError, load_settings
@@ -87,6 +88,7 @@ def create_app(settings: Settings | None = None) -> Celery:
     settings = settings or load_settings()
     celery_app = Celery("quotaflow", set_as_current=True, amqp=QuotaflowAMQP)
     celery_app.steps["consumer"].add(Backlog)
+    celery_app.steps["consumer"].add(Liveness)
     configure(celery_app, settings)
     return celery_app
 

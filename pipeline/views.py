@@ -376,9 +376,19 @@ def budget_view(rt: Runtime) -> Group:
     )
 
 
-def queue_line(ready: dict[str, int], deferred: dict[str, int], *, complete: bool = True) -> str:
+def queue_line(
+    ready: dict[str, int],
+    deferred: dict[str, int],
+    *,
+    complete: bool = True,
+    unserved: set[str] | frozenset[str] = frozenset(),
+) -> str:
     # Incomplete: the workers hold more than one reading counts (pipeline.broker), and
     # no full pass has ended yet: the deferred counted so far are a lower bound.
     at_least = "" if complete else ">="
-    parts = [f"{q}: {ready[q]} waiting, {at_least}{deferred.get(q, 0)} deferred" for q in ready]
+    parts = [
+        f"{q}: {ready[q]} waiting, {at_least}{deferred.get(q, 0)} deferred"
+        + (" (no worker)" if q in unserved else "")
+        for q in ready
+    ]
     return "queues: " + " · ".join(parts)

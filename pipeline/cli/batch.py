@@ -36,6 +36,7 @@ from pipeline.cli.resume import (
 from pipeline.console import console, errors
 from pipeline.embedded import sigterm_as_interrupt
 from pipeline.jobs import Jobs, check_job_id, new_job_id
+from pipeline.liveness import announce, unserved_warning, waiting_unserved
 from pipeline.local import WorkerError, local_cluster
 from pipeline.views import (
     failure_reasons,
@@ -221,6 +222,7 @@ def submit(
     _check_batch(batch)
     rt = cluster()
     jobs = Jobs(rt.settings, rt.jobs)
+    announce(rt.redis, rt.settings)
     report = jobs.submit_file(batch, job_id=job_id, deployment=deployment, tenant=tenant)
     console.print(
         f"job [bold]{escape(report.job_id)}[/]: {report.submitted} queued, "
@@ -228,6 +230,9 @@ def submit(
         f"~{num(report.tokens_estimated)} tokens"
     )
     print_rejected(report, limit=50)
+    idle = waiting_unserved(rt.redis, rt.settings)
+    if idle:
+        errors.print(f"[yellow]warning: {escape(unserved_warning(rt.settings, idle))}[/]")
     console.print(f"follow it with: {escape(cmd('status', report.job_id, '--watch'))}")
 
 

@@ -15,6 +15,7 @@ from pipeline.cli.options import JobArg, cluster, cmd
 from pipeline.console import console
 from pipeline.embedded import sigterm_as_interrupt
 from pipeline.jobs import Jobs
+from pipeline.liveness import known_queues, unserved, waiting
 from pipeline.views import (
     budget_view,
     failure_reasons,
@@ -51,7 +52,13 @@ def status(
     if stops is not None:
         console.print(stops, soft_wrap=True)
     depth = queue_depth(rt.redis, rt.settings)
-    console.print(queue_line(depth.ready, depth.deferred, complete=depth.complete), soft_wrap=True)
+    # Queues other deployment lists publish to (a submitter's), and who serves them.
+    queues = known_queues(rt.redis, rt.settings)
+    ready = {**depth.ready, **waiting(rt.redis, [q for q in queues if q not in depth.ready])}
+    idle = unserved(rt.redis, rt.settings, queues)
+    console.print(
+        queue_line(ready, depth.deferred, complete=depth.complete, unserved=idle), soft_wrap=True
+    )
 
 
 def replay(job: JobArg) -> None:
