@@ -128,6 +128,10 @@ class Settings(BaseSettings):
     #: (docker-compose: the `simulator` service).
     simulator_host: str = "127.0.0.1"
     simulator_port: int = Field(default=8765, ge=0, le=65535)
+    #: Where `quotaflow run` keeps the private Redis's budget state between runs, so a
+    #: run right after another does not burst into the provider's drained bucket.
+    #: Unset: $XDG_STATE_HOME/quotaflow, else ~/.local/state/quotaflow.
+    state_dir: Path | None = None
     #: The deployments requests can go to; the first is the default. Unset: one
     #: deployment on the local simulator (simulator_host, simulator_port).
     deployments: list[DeploymentSettings] = Field(default_factory=_default_deployments)

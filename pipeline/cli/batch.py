@@ -123,7 +123,9 @@ def run(
     state.redis_url = settings.redis_url
     with (
         sigterm_as_interrupt(),
-        local_cluster(settings, workers=workers, concurrency=concurrency, pool=pool) as (rt, local),
+        local_cluster(
+            settings, workers=workers, concurrency=concurrency, pool=pool, keep_budget=True
+        ) as (rt, local),
     ):
         state.redis_url = rt.settings.redis_url  # the private one's, if started
         jobs = Jobs(rt.settings, rt.jobs)
