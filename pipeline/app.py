@@ -22,6 +22,7 @@ from pipeline.backlog import Backlog
 from pipeline.broker import deployment_queues
 from pipeline.clock import check_clock
 from pipeline.compat import QuotaflowConnection
+from pipeline.liveness import Liveness
 from pipeline.preflight import check_eviction_policy
 from pipeline.publish import NO_REDIS, HideArguments, QuotaflowAMQP, route_task
 from settings import Settings, SettingsError, load_settings
@@ -95,6 +96,7 @@ def create_app(settings: Settings | None = None) -> Celery:
     celery_app = Celery("quotaflow", set_as_current=True, amqp=_AMQP)
     celery_app.steps["consumer"].add(Backlog)
     celery_app.steps["consumer"].add(HideArguments)
+    celery_app.steps["consumer"].add(Liveness)
     configure(celery_app, settings)
     return celery_app
 
@@ -134,6 +136,11 @@ def _check_worker(**_: Any) -> None:
     settings = installed.settings
     if settings is not None and settings.redis_url is None:
         raise SystemExit(f"quotaflow worker: {NO_REDIS}")
+    try:
+        if settings is not None:
+            settings.require_api_keys()  # workers make the calls: they need the keys
+    except SettingsError as exc:
+        raise SystemExit(f"quotaflow worker: {exc}") from None
     if settings is not None and settings.redis_url is not None:
         client = runtime.redis_client(settings.redis_url)
         try:
@@ -174,11 +181,14 @@ def _build_clients(**_: Any) -> None:
 
 def _default_app() -> Celery:
     # Importing `pipeline` must not fail on bad settings: the CLI reports them in one
-    # line, and a worker refuses to start with the same message (_check_worker).
+    # line, a worker refuses to start with the same message (_check_worker), and
+    # `.delay()` raises it (publish.QuotaflowAMQP).
     try:
         return create_app()
     except SettingsError as exc:
         celery_app = Celery("quotaflow", set_as_current=True, amqp=_AMQP)
+        # Nothing may leave this process: publishing raises the settings error.
+        celery_app.conf.update(broker_url="memory://", result_backend="cache+memory://")
         installed.failed(str(exc))
         return celery_app
 

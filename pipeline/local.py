@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from budget import QuotaflowError
+from pipeline import saved_budget
 from pipeline.app import app as celery_app
 from pipeline.app import connect
 from pipeline.console import console
@@ -293,18 +294,25 @@ class LocalWorkers:
 
 @contextlib.contextmanager
 def local_cluster(
-    settings: Settings, *, workers: int, concurrency: int, pool: str
+    settings: Settings, *, workers: int, concurrency: int, pool: str, keep_budget: bool = False
 ) -> Iterator[tuple[Runtime, LocalWorkers]]:
     """The configured Redis (or a private one) and `workers` local worker processes.
 
-    On leaving, workers stop first (warm shutdown), then the private Redis.
+    On leaving, workers stop first (warm shutdown), then the private Redis. With
+    `keep_budget`, a private Redis starts with the budget state the last one left
+    (pipeline.saved_budget) and saves its own before it stops.
     """
     with contextlib.ExitStack() as stack:
-        if settings.redis_url is None:
+        private = settings.redis_url is None
+        if private:
             with console.status("starting a private Redis"):
                 url = stack.enter_context(embedded_redis())
             settings = settings.model_copy(update={"redis_url": url})
         rt = connect(celery_app, settings)
+        if private and keep_budget:
+            saved_budget.restore(rt.redis, settings)
+            # Runs after the workers have stopped (callbacks run last in, first out).
+            stack.callback(saved_budget.save, rt.redis, settings)
         local = LocalWorkers(settings, count=workers, concurrency=concurrency, pool=pool)
         stack.callback(local.stop)
         if workers:

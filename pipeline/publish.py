@@ -158,6 +158,10 @@ class QuotaflowAMQP(AMQP):  # type: ignore[misc]
         kwargsrepr: str | None = None,
         **options: Any,
     ) -> Any:
+        if installed.error is not None:
+            # The settings could not be built: the app has no broker of quotaflow's,
+            # and Celery's defaults (amqp://localhost) must never see a prompt.
+            raise SettingsError(installed.error)
         if _ours(name):
             settings = installed.settings
             # A signal handler cannot refuse: Celery logs its exceptions and publishes.

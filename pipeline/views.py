@@ -22,6 +22,7 @@ from pipeline.console import console
 from pipeline.jobs import CancelReport, Jobs, SubmitReport
 from pipeline.local import LocalWorkers
 from settings import DeploymentSettings
+from tasks.auth import read_stops
 from tasks.jobstore import JobStatus
 from tasks.metrics import parse_field
 from tasks.runtime import Runtime
@@ -237,6 +238,31 @@ def failures_table(jobs: Jobs, job_id: str, limit: int = 8) -> Table | None:
     return table
 
 
+def failure_reasons(jobs: Jobs, job_id: str) -> Text | None:
+    """The job's failures counted per reason (`auth_failed 40 · invalid_request 1`)."""
+    counts: dict[str, int] = {}
+    for raw in jobs.store.dead_letters(job_id).values():
+        code = str((json.loads(raw).get("error") or {}).get("code") or "error")
+        counts[code] = counts.get(code, 0) + 1
+    if not counts:
+        return None
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    return Text("failed by reason: " + " · ".join(f"{code} {n}" for code, n in ranked))
+
+
+def stops_lines(rt: Runtime) -> Text | None:
+    """The deployments stopped for a refused API key, and why (tasks.auth)."""
+    stops = read_stops(rt.redis, rt.settings.key_prefix)
+    if not stops:
+        return None
+    text = Text()
+    for stop in stops:
+        text.append(f"stopped {stop.deployment}: ", style="bold red")
+        text.append(f"{stop.reason}\n")
+    text.rstrip()
+    return text
+
+
 def _table(title: str, headers: list[str], rows: list[list[str]], caption: str = "") -> Table:
     """A table whose columns never cut a header or a value: only the first column, a
     name, folds onto more lines when the terminal is narrow. No blank edge lines: the
@@ -423,9 +449,19 @@ def budget_view(rt: Runtime, *, notes: bool = True) -> Group:
     )
 
 
-def queue_line(ready: dict[str, int], deferred: dict[str, int], *, complete: bool = True) -> str:
+def queue_line(
+    ready: dict[str, int],
+    deferred: dict[str, int],
+    *,
+    complete: bool = True,
+    unserved: set[str] | frozenset[str] = frozenset(),
+) -> str:
     # Incomplete: the workers hold more than one reading counts (pipeline.broker), and
     # no full pass has ended yet: the deferred counted so far are a lower bound.
     at_least = "" if complete else ">="
-    parts = [f"{q}: {ready[q]} waiting, {at_least}{deferred.get(q, 0)} deferred" for q in ready]
+    parts = [
+        f"{q}: {ready[q]} waiting, {at_least}{deferred.get(q, 0)} deferred"
+        + (" (no worker)" if q in unserved else "")
+        for q in ready
+    ]
     return "queues: " + " · ".join(parts)

@@ -138,6 +138,10 @@ class Settings(BaseSettings):
     #: (docker-compose: the `simulator` service).
     simulator_host: str = "127.0.0.1"
     simulator_port: int = Field(default=8765, ge=0, le=65535)
+    #: Where `quotaflow run` keeps the private Redis's budget state between runs, so a
+    #: run right after another does not burst into the provider's drained bucket.
+    #: Unset: $XDG_STATE_HOME/quotaflow, else ~/.local/state/quotaflow.
+    state_dir: Path | None = None
     #: The deployments requests can go to; the first is the default. Unset: one
     #: deployment on the local simulator (simulator_host, simulator_port).
     deployments: list[DeploymentSettings] = Field(default_factory=_default_deployments)
@@ -186,16 +190,20 @@ class Settings(BaseSettings):
             )
         return self
 
-    @model_validator(mode="after")
-    def _check_api_keys(self) -> Settings:
+    def require_api_keys(self) -> None:
+        """Raise SettingsError unless every deployment that needs a key has one.
+
+        Called where calls are made (workers, `run`, `demo`): commands that only read
+        or submit work (status, budget, metrics, submit, `.delay()`) need no keys.
+        """
         for dep in self.deployments:
             key = dep.api_key.get_secret_value() if dep.api_key else ""
             if dep.kind in KINDS_NEEDING_API_KEY and not key.strip():
-                raise ValueError(
+                raise SettingsError(
                     f"deployments: {dep.name!r} (kind {dep.kind!r}) has no api_key, so every "
-                    "call would be refused; set its api_key"
+                    "call would be refused; set its api_key where workers run (commands "
+                    "that make no calls, such as submit, status, budget and metrics, need none)"
                 )
-        return self
 
     @property
     def task_time_limit_seconds(self) -> float:

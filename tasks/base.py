@@ -132,6 +132,7 @@ class BudgetedTask(Task):  # type: ignore[misc]
             kept = reply_from_header(d.header(H_REPLY))
             if kept is not None:  # paid for on an earlier delivery; only the write failed
                 return self._record(d, dep, kept, estimated=0)
+            d.check_auth(dep)
             est = estimate_request(
                 r.body, endpoint=r.endpoint, model=dep.model, context_window=dep.context_window
             )

@@ -18,8 +18,13 @@ from celery.exceptions import Reject
 
 from budget import InvalidRequest, NeverAdmissible, Reservation
 from settings import DeploymentSettings, SettingsError
-from tasks import provider, runtime
-from tasks.errors import Deferred, PermanentFailure, TransientProviderError
+from tasks import auth, provider, runtime
+from tasks.errors import (
+    Deferred,
+    PermanentFailure,
+    PermanentProviderError,
+    TransientProviderError,
+)
 from tasks.request import LLMRequest
 
 if TYPE_CHECKING:
@@ -206,6 +211,12 @@ class Delivery:
             exc=exc,
         )
 
+    def check_auth(self, dep: DeploymentSettings) -> None:
+        """Dead-letter at once, with no call, if `dep` is stopped for its API key."""
+        stop = auth.guard_for(self.rt.redis, self.rt.settings.key_prefix).stopped(dep)
+        if stop is not None:
+            self.dead_letter(PermanentProviderError(stop.reason), code="auth_failed")
+
     def dead_letter(
         self, exc: BaseException, *, code: str | None = None, note: str = ""
     ) -> NoReturn:
@@ -215,6 +226,10 @@ class Delivery:
         if self.dep is not None:
             message = provider.scrub(message, self.dep)
         message = provider.clip(message)  # any exception's text can echo a reply
+        if self.dep is not None and getattr(exc, "status", None) in auth.AUTH_STATUSES:
+            # The key, not the request, is wrong: a few of these stop the deployment.
+            code = "auth_failed"
+            auth.guard_for(self.rt.redis, self.rt.settings.key_prefix).failed(self.dep, message)
         entry = {
             "custom_id": r.custom_id,
             "job_id": r.job,

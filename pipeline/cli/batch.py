@@ -13,7 +13,7 @@ import typer
 from rich.markup import escape
 
 from budget import QuotaflowError
-from pipeline.batchfile import BatchLine, check_batch_path, read_batch
+from pipeline.batchfile import check_batch_path
 from pipeline.cli.options import (
     POOLS,
     BatchArg,
@@ -27,11 +27,28 @@ from pipeline.cli.options import (
     current_settings,
     state,
 )
+from pipeline.cli.resume import (
+    earlier_output,
+    lines_to_send,
+    resume_command,
+    run_job_id,
+    write_output,
+)
 from pipeline.console import console, errors
 from pipeline.embedded import sigterm_as_interrupt
 from pipeline.jobs import Jobs, check_job_id, new_job_id
+from pipeline.liveness import announce, unserved_warning, waiting_unserved
 from pipeline.local import WorkerError, local_cluster
-from pipeline.views import failures_table, follow, job_table, lines, num, print_rejected
+from pipeline.views import (
+    failure_reasons,
+    failures_table,
+    follow,
+    job_table,
+    lines,
+    num,
+    print_rejected,
+    stops_lines,
+)
 from settings import Settings
 
 
@@ -45,21 +62,6 @@ def _write_output(jobs: Jobs, job_id: str, path: Path) -> tuple[int, set[str]]:
             out.write(json.dumps(line, separators=(",", ":")) + "\n")
     os.replace(tmp, path)
     return len(seen), seen
-
-
-def _write_remaining(batch: Path, done: set[str], path: Path) -> int:
-    """The input lines with no output line yet, as a new batch file."""
-    n = 0
-    tmp = path.with_name(f".{path.name}.partial")
-    with tmp.open("w", encoding="utf-8") as out:
-        for item in read_batch(batch):
-            if isinstance(item, BatchLine) and item.custom_id not in done:
-                line = {"custom_id": item.custom_id, "method": "POST", "url": item.url,
-                        "body": item.body}  # fmt: skip
-                out.write(json.dumps(line, separators=(",", ":")) + "\n")
-                n += 1
-    os.replace(tmp, path)
-    return n
 
 
 def _check_batch(batch: Path) -> None:
@@ -88,10 +90,15 @@ def run(
     deployment: DeploymentOpt = None,
     tenant: TenantOpt = None,
     job_id: JobIdOpt = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="replace --output and send every request again")
+    ] = False,
 ) -> None:
     """Run a batch on this machine (configured or private Redis, local workers).
 
     Live progress; results in the Batch output format. Ctrl-C stops and writes what is done.
+
+    Run again, it resumes: the results already in --output are kept and not sent again.
     """
     settings = current_settings()
     if deployment is not None:
@@ -103,24 +110,42 @@ def run(
     check_pool(pool)
     if workers == 0 and settings.redis_url is None:
         raise QuotaflowError("--workers 0 needs a running cluster: set QUOTAFLOW_REDIS_URL")
-    job_id = job_id or new_job_id()
+    if workers:
+        settings.require_api_keys()  # the local workers make calls
+    earlier = earlier_output(batch, output, force=force)
+    named_job = job_id
+    if job_id is None:
+        job_id = new_job_id() if force else run_job_id(batch, deployment=deployment, tenant=tenant)
     embedded = settings.redis_url is None
     started = time.monotonic()
     stopped_by: BaseException | None = None
     state.redis_url = settings.redis_url
     with (
         sigterm_as_interrupt(),
-        local_cluster(settings, workers=workers, concurrency=concurrency, pool=pool) as (rt, local),
+        local_cluster(
+            settings, workers=workers, concurrency=concurrency, pool=pool, keep_budget=True
+        ) as (rt, local),
     ):
         state.redis_url = rt.settings.redis_url  # the private one's, if started
         jobs = Jobs(rt.settings, rt.jobs)
         try:
+            if earlier.results or earlier.failed:
+                console.print(
+                    f"resuming: {len(earlier.results)} results in {escape(str(output))} are "
+                    "kept and not sent again"
+                    + (f"; {earlier.failed} failed requests are sent again" if earlier.failed
+                       else "")
+                )  # fmt: skip
+            existed = rt.jobs.exists(job_id)
             with console.status(f"submitting {batch}"):
-                report = jobs.submit_file(
-                    batch, job_id=job_id, deployment=deployment, tenant=tenant
-                )
+                report = jobs.submit(
+                    lines_to_send(batch, earlier), job_id=job_id, deployment=deployment,
+                    tenant=tenant, meta={"source": str(batch)},
+                )  # fmt: skip
+            # A resumed job on a configured Redis: its failures are tried again too.
+            replayed = jobs.replay(job_id)[0] if existed and earlier.failed else 0
             console.print(
-                f"job [bold]{escape(job_id)}[/]: {report.submitted} requests queued"
+                f"job [bold]{escape(job_id)}[/]: {report.submitted + replayed} requests queued"
                 + (f", {report.skipped} already in the job" if report.skipped else "")
                 + (f", {len(report.rejected)} lines rejected" if report.rejected else "")
             )
@@ -139,9 +164,12 @@ def run(
             except KeyboardInterrupt:
                 local.stop(grace=0)
         local.stop()
-        written, done = _write_output(jobs, job_id, output)
-        if rt.jobs.exists(job_id):
+        found = rt.jobs.exists(job_id)
+        done = write_output(output, earlier, jobs.output_lines(job_id) if found else ())
+        failed = 0
+        if found:
             status = jobs.status(job_id)
+            failed = status.counts["failed"]
             elapsed = time.monotonic() - started
             deps = [settings.deployment(n) for n in _names(settings, deployment)]
             console.print(
@@ -150,36 +178,39 @@ def run(
             failures = failures_table(jobs, job_id)
             if failures is not None:
                 console.print(failures)
-        console.print(f"wrote {lines(written)} to [bold]{escape(str(output))}[/]")
+            for note in (failure_reasons(jobs, job_id), stops_lines(rt)):
+                if note is not None:
+                    console.print(note, soft_wrap=True)
+        console.print(f"wrote {lines(len(done))} to [bold]{escape(str(output))}[/]")
         if stopped_by is not None:
-            _resume_hint(batch, output, done, job_id=job_id, embedded=embedded)
+            _resume_hint(batch, output, named_job, embedded=embedded)
     if isinstance(stopped_by, WorkerError):
         raise stopped_by
     if stopped_by is not None:
         raise typer.Exit(130)
+    if failed:
+        # Finished, but not every request has a result: scripts must not take it for done.
+        errors.print(
+            f"[red]{failed} requests failed: their error lines are in {escape(str(output))}[/]"
+        )
+        raise typer.Exit(1)
 
 
 def _names(settings: Settings, deployment: str | None) -> list[str]:
     return [deployment] if deployment else [d.name for d in settings.deployments]
 
 
-def _resume_hint(batch: Path, output: Path, done: set[str], *, job_id: str, embedded: bool) -> None:
+def _resume_hint(batch: Path, output: Path, job_id: str | None, *, embedded: bool) -> None:
+    again = escape(resume_command(batch, output, job_id))
     if embedded:
-        # The private Redis goes away with this process: carry the rest in a file.
-        remaining = output.with_name(output.stem + ".remaining.jsonl")
-        n = _write_remaining(batch, done, remaining)
-        if n:
-            rest = output.with_name(output.stem + ".rest.jsonl")
-            console.print(
-                f"{n} requests did not finish; they are in [bold]{escape(str(remaining))}[/].\n"
-                f"resume with: {escape(cmd('run', remaining, '-o', rest))} "
-                "(the two output files together are the whole batch)"
-            )
+        console.print(
+            f"resume with the same command: {again}   (the results in "
+            f"{escape(str(output))} are kept and not sent again)"
+        )
         return
     console.print(
         "unfinished requests stay queued in Redis (workers elsewhere keep going).\n"
-        f"resume with: {escape(cmd('run', batch, '-o', output, '--job-id', job_id))}   "
-        "(finished requests are skipped)"
+        f"resume with the same command: {again}   (finished requests are skipped)"
     )
 
 
@@ -195,6 +226,7 @@ def submit(
     _check_batch(batch)
     rt = cluster()
     jobs = Jobs(rt.settings, rt.jobs)
+    announce(rt.redis, rt.settings)
     report = jobs.submit_file(batch, job_id=job_id, deployment=deployment, tenant=tenant)
     console.print(
         f"job [bold]{escape(report.job_id)}[/]: {report.submitted} queued, "
@@ -202,6 +234,9 @@ def submit(
         f"~{num(report.tokens_estimated)} tokens"
     )
     print_rejected(report, limit=50)
+    idle = waiting_unserved(rt.redis, rt.settings)
+    if idle:
+        errors.print(f"[yellow]warning: {escape(unserved_warning(rt.settings, idle))}[/]")
     console.print(f"follow it with: {escape(cmd('status', report.job_id, '--watch'))}")
 
 

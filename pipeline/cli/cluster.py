@@ -15,15 +15,18 @@ from pipeline.cli.options import JobArg, cluster, cmd
 from pipeline.console import console
 from pipeline.embedded import sigterm_as_interrupt
 from pipeline.jobs import Jobs
+from pipeline.liveness import known_queues, unserved, waiting
 from pipeline.views import (
     budget_notes,
     budget_view,
     cancel_line,
+    failure_reasons,
     follow,
     job_table,
     jobs_table,
     queue_line,
     recover_line,
+    stops_lines,
 )
 
 
@@ -34,8 +37,11 @@ def status(
     """A job's progress, or the list of jobs."""
     rt = cluster()
     jobs = Jobs(rt.settings, rt.jobs)
+    stops = stops_lines(rt)
     if job is None:
         console.print(jobs_table(jobs))
+        if stops is not None:
+            console.print(stops, soft_wrap=True)
         return
     current = jobs.status(job)
     if watch and not current.finished:
@@ -44,8 +50,19 @@ def status(
     console.print(
         job_table(current, title=f"job {escape(job)}", deployments=rt.settings.deployments)
     )
+    reasons = failure_reasons(jobs, job)
+    if reasons is not None:
+        console.print(reasons, soft_wrap=True)
+    if stops is not None:
+        console.print(stops, soft_wrap=True)
     depth = queue_depth(rt.redis, rt.settings)
-    console.print(queue_line(depth.ready, depth.deferred, complete=depth.complete), soft_wrap=True)
+    # Queues other deployment lists publish to (a submitter's), and who serves them.
+    queues = known_queues(rt.redis, rt.settings)
+    ready = {**depth.ready, **waiting(rt.redis, [q for q in queues if q not in depth.ready])}
+    idle = unserved(rt.redis, rt.settings, queues)
+    console.print(
+        queue_line(ready, depth.deferred, complete=depth.complete, unserved=idle), soft_wrap=True
+    )
 
 
 def replay(job: JobArg) -> None:

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +14,14 @@ QUOTAFLOW = Path(sys.executable).with_name("quotaflow")
 
 
 def cli_env(**values: str) -> dict[str, str]:
-    """The environment without any QUOTAFLOW_* of the caller's, plus `values`."""
+    """The environment without any QUOTAFLOW_* of the caller's, plus `values`.
+
+    Each gets a budget state directory of its own (`run` keeps the private Redis's
+    budget there between runs): a test never meets another's drained buckets.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("QUOTAFLOW_")}
     env.update({"COLUMNS": "200", "PYTHONUNBUFFERED": "1", "PYTHONIOENCODING": "utf-8"})
+    env["QUOTAFLOW_STATE_DIR"] = tempfile.mkdtemp(prefix="qf-state-")
     env.update(values)
     return env
 
