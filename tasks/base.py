@@ -45,7 +45,7 @@ from tasks.delivery import (
     booking_from_header,
     reply_from_header,
 )
-from tasks.errors import PermanentProviderError, TransientProviderError
+from tasks.errors import PermanentFailure, PermanentProviderError, TransientProviderError
 from tasks.request import LLMRequest, route
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,10 @@ _OUTAGE = (redis.ConnectionError, redis.TimeoutError, BudgetUnavailable, Operati
 #: (or less) is waited for in place when it comes back, so a consumer whose clock is
 #: ahead by up to `inline_seconds` does not defer it again either.
 REDEEM_IN_PLACE = 2.0
+
+
+class _Finished(Exception):
+    """The request finished (done, or this message cancelled) before its call."""
 
 
 class BudgetedTask(Task):  # type: ignore[misc]
@@ -139,6 +143,8 @@ class BudgetedTask(Task):  # type: ignore[misc]
             reservation, start = self._admit(d, dep, est)
             reply = self._call(d, dep, reservation, start)
             return self._record(d, dep, reply, estimated=est.total)
+        except _Finished:
+            return self._finished(d)
         except (InvalidRequest, NeverAdmissible, PermanentProviderError, SettingsError) as exc:
             if isinstance(exc, PermanentProviderError):
                 d.metric("provider_responses_total", status=str(exc.status or exc.code))
@@ -150,6 +156,17 @@ class BudgetedTask(Task):  # type: ignore[misc]
                 raise
             log.exception("request %s of job %s failed unexpectedly", r.custom_id, r.job)
             d.dead_letter(exc, code="internal_error")
+
+    def _finished(self, d: Delivery) -> dict[str, Any]:
+        """The end of a message whose request finished before its call: the result a
+        copy of it stored, or Cancelled (as on arrival)."""
+        r = d.request
+        done = d.rt.jobs.arrive(r.job, r.custom_id, first=False, task_id=str(self.request.id))
+        if done is not None:
+            return dict(done["response"]["body"])
+        raise PermanentFailure(
+            f"request {r.custom_id} of job {r.job} finished before it was sent; not sent"
+        )
 
     def _admit(
         self, d: Delivery, dep: DeploymentSettings, est: Estimate
@@ -224,7 +241,11 @@ class BudgetedTask(Task):  # type: ignore[misc]
         rt, r = d.rt, d.request
         # Before the wait: between the slot and the provider there is only the HTTP
         # request (a window limiter's guard band has nothing to spare for Redis).
-        rt.jobs.transition(r.job, r.custom_id, "running")
+        if not rt.jobs.start(r.job, r.custom_id, task_id=str(self.request.id)):
+            # Cancelled, or done by a copy of this message, since it arrived: calling
+            # now would send a cancelled request, or pay for one twice.
+            rt.gate.release(reservation)
+            raise _Finished
         wait = start - time.monotonic()
         if wait > 0:
             time.sleep(wait)

@@ -184,12 +184,21 @@ class JobStore(RecoveryReads):
     def transition(self, job_id: str, custom_id: str, state: str) -> bool:
         assert state in STATES
         k = self.keys(job_id)
-        return bool(
-            self._transition(
-                keys=[k.states, k.counts, k.touched],
-                args=[custom_id, state, "0", repr(time.time())],
-            )
+        moved = self._transition(
+            keys=[k.states, k.counts, k.touched], args=[custom_id, state, "0", repr(time.time())]
         )
+        return int(moved) == 1
+
+    def start(self, job_id: str, custom_id: str, *, task_id: str) -> bool:
+        """Mark the request running, just before its call. False when it must not be
+        called: it is done (a copy of its message succeeded), or `cancel` stopped this
+        message after it arrived (cancel leaves running requests alone: one wins)."""
+        k = self.keys(job_id)
+        moved = self._transition(
+            keys=[k.states, k.counts, k.touched, k.cancelled],
+            args=[custom_id, "running", "0", repr(time.time()), task_id],
+        )
+        return int(moved) >= 0
 
     def store_pending(self, job_id: str, requests: dict[str, dict[str, Any]]) -> None:
         """Keep each request until it finishes, so a lost message can be sent again."""

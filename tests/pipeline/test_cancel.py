@@ -14,6 +14,7 @@ from support.cli import cli_env, quotaflow
 from settings import settings_env
 from tasks import complete
 from tasks.errors import Cancelled
+from tasks.jobstore import JobStore
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -85,3 +86,39 @@ def test_edge_cancel_of_an_unknown_job_says_how_to_find_one(
     done = quotaflow("cancel", "nope", cwd=tmp_path, env=env)
     assert done.returncode == 2
     assert "no job 'nope'" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_edge_a_message_cancelled_after_it_arrived_is_not_called(redis_client: Any) -> None:
+    # A worker took the message (arrive) and is asking the gate when `cancel` comes: the
+    # request is still waiting, so it is cancelled; the worker's move to "running", just
+    # before the call, must then refuse the call (cancel leaves running requests alone).
+    store = JobStore(redis_client)
+    request = {"url": "/v1/chat/completions", "body": small(1), "deployment": None,
+               "tenant": None, "task_id": "t-old"}  # fmt: skip
+    store.record_published("j1", "a", request)
+    assert store.arrive("j1", "a", first=True, task_id="t-old") is None
+    entry = {"custom_id": "a", "task_id": "t-old", "error": {"code": "cancelled"}}
+    assert store.cancel("j1", {"a": entry}) == 1
+    assert not store.start("j1", "a", task_id="t-old")
+    assert store.status("j1").counts["failed"] == 1
+    # Replayed, it goes under a new task id: that message is called, once.
+    (raw,) = store.dead_letters("j1").values()
+    assert store.claim_dead("j1", "a", raw)
+    assert store.start("j1", "a", task_id="t-new")
+    assert store.status("j1").counts["running"] == 1
+
+
+def test_edge_a_copy_of_a_message_that_succeeded_meanwhile_is_not_called(
+    redis_client: Any,
+) -> None:
+    store = JobStore(redis_client)
+    request = {"url": "/v1/chat/completions", "body": small(1), "deployment": None,
+               "tenant": None, "task_id": "t"}  # fmt: skip
+    store.record_published("j1", "a", request)
+    assert store.arrive("j1", "a", first=True, task_id="t") is None
+    line = {"custom_id": "a", "response": {"status_code": 200, "body": {"ok": 1}}, "error": None}
+    assert store.record_result("j1", "a", line, prompt_tokens=1, completion_tokens=1,
+                               cost_usd=0.0, deferrals=0, retries=0)  # fmt: skip
+    assert not store.start("j1", "a", task_id="t")
+    counts = store.status("j1").counts
+    assert counts["done"] == 1 and counts["running"] == 0
