@@ -5,8 +5,9 @@ and then keeps a call open for as long as it likes. A task that outlives
 `task_time_limit` on the threads or gevent pool (which cannot interrupt it) can
 outlive the visibility timeout too, and be redelivered and paid for twice. So the
 call runs on a helper thread and the task waits for it at most `seconds`; a call
-past its deadline is abandoned (its thread ends at the SDK's own timeout) and
-reported as a timeout.
+past its deadline is reported as a timeout and abandoned, not aborted: its thread
+ends when the HTTP call does (at the SDK's per-read timeout, or never while the
+provider keeps sending), and the threads pool's process waits for it at exit.
 """
 
 from __future__ import annotations
