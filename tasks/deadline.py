@@ -7,7 +7,8 @@ outlive the visibility timeout too, and be redelivered and paid for twice. So th
 call runs on a helper thread and the task waits for it at most `seconds`; a call
 past its deadline is reported as a timeout and abandoned, not aborted: its thread
 ends when the HTTP call does (at the SDK's per-read timeout, or never while the
-provider keeps sending), and the threads pool's process waits for it at exit.
+provider keeps sending), and a worker on another pool than prefork waits for it
+at exit.
 """
 
 from __future__ import annotations
