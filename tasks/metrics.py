@@ -35,7 +35,7 @@ ERROR_CODES = frozenset(
     {
         # quotaflow's (tasks.delivery, tasks.errors)
         "retries_exhausted", "internal_error", "invalid_request", "never_admissible",
-        "context_length_exceeded", "unknown_deployment", "model_not_configured",
+        "context_length_exceeded", "unknown_deployment", "model_not_configured", "auth_failed",
         # tasks.provider's classification
         "timeout", "connection_error", "rate_limited", "server_error", "provider_error",
         "authentication_error", "permission_denied", "not_found", "unprocessable_entity",

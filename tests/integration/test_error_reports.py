@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tasks import complete, provider
-from tasks.metrics import parse_field
+from tasks.metrics import Metrics, parse_field
 from tasks.runtime import current
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -45,3 +45,18 @@ def test_edge_provider_error_codes_are_bounded_in_dead_letters_logs_and_metrics(
     fields = map(parse_field, current().metrics.read())
     codes = {labels["code"] for name, labels in fields if name == "dead_letters_total"}
     assert codes == {"other", "model_not_found"}
+
+
+def test_edge_quotaflows_own_failure_codes_keep_their_metric_label(redis_client: Any) -> None:
+    # The codes quotaflow itself gives a dead letter (tasks.delivery, tasks.base,
+    # tasks.provider's classification) are its own series, never `other`: an alert
+    # on dead_letters_total{code="auth_failed"} must see a refused key.
+    codes = [
+        "auth_failed", "retries_exhausted", "internal_error", "timeout", "invalid_request",
+        "never_admissible", "context_length_exceeded", "unknown_deployment",
+        "authentication_error", "permission_denied",
+    ]  # fmt: skip
+    metrics = Metrics(redis_client)
+    metrics.add([("dead_letters_total", {"deployment": "d", "code": code}, 1) for code in codes])
+    fields = map(parse_field, metrics.read())
+    assert {labels["code"] for name, labels in fields if name == "dead_letters_total"} == set(codes)
