@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from budget import QuotaflowError
-from pipeline.batchfile import BatchLine, LineError, read_batch
+from pipeline.batchfile import BatchLine, LineError, read_batch, rejected_id
 from pipeline.cli.options import cmd
 
 
@@ -40,13 +40,13 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def _batch_ids(batch: Path) -> set[str]:
-    """The custom_ids the batch's output lines can have (rejected lines: `line-N`)."""
+    """The custom_ids the batch's output lines can have (refused lines without one: `#line-N`)."""
     ids = set()
     for item in read_batch(batch):
         if isinstance(item, BatchLine):
             ids.add(item.custom_id)
         else:
-            ids.add(item.custom_id or f"line-{item.line}")
+            ids.add(item.custom_id or rejected_id(item.line))
     return ids
 
 

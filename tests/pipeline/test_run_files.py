@@ -104,3 +104,23 @@ def test_edge_an_output_of_something_else_is_kept_unless_forced(tmp_path: Path, 
                        env=_env(sim), timeout=90)  # fmt: skip
     assert forced.returncode == 0, forced.stdout + forced.stderr
     assert sorted(line["custom_id"] for line in read_jsonl(other)) == sorted(ids)
+
+
+def test_edge_a_run_with_a_refused_line_runs_again_as_a_resume(tmp_path: Path, simulator) -> None:  # type: ignore[no-untyped-def]
+    # A line refused at submit (here: cut-off JSON, so no custom_id of its own) has an
+    # output line under `#line-N`: the output is still this batch's, and the same
+    # command resumes it instead of refusing to write over "something else".
+    sim = simulator(tpm=600_000, rpm=30_000)
+    ids = write_batch(tmp_path / "batch.jsonl", 4, bad_line=2)
+    args = ["run", "batch.jsonl", "-o", "out.jsonl", "--workers", "1"]
+    first = quotaflow(*args, cwd=tmp_path, env=_env(sim), timeout=90)
+    assert first.returncode == 1, first.stdout + first.stderr  # one request failed
+    refused = [line for line in read_jsonl(tmp_path / "out.jsonl") if line["error"]]
+    assert [line["custom_id"] for line in refused] == ["#line-2"]
+
+    again = quotaflow(*args, cwd=tmp_path, env=_env(sim), timeout=90)
+    assert "is not an output of" not in again.stderr, again.stderr
+    assert f"resuming: {len(ids)} results in out.jsonl are kept" in again.stdout, again.stdout
+    lines = read_jsonl(tmp_path / "out.jsonl")
+    assert sorted(line["custom_id"] for line in lines) == sorted([*ids, "#line-2"])
+    assert sim.stats()["admitted"] == len(ids)  # nothing paid twice
