@@ -183,7 +183,10 @@ def run(
                     console.print(note, soft_wrap=True)
         console.print(f"wrote {lines(len(done))} to [bold]{escape(str(output))}[/]")
         if stopped_by is not None:
-            _resume_hint(batch, output, named_job, embedded=embedded)
+            # On a cluster the unfinished requests stay queued in this job: the resume
+            # must join it. A --force run's job id is not the one derived again.
+            again = job_id if force and named_job is None and not embedded else named_job
+            _resume_hint(batch, output, again, embedded=embedded)
     if isinstance(stopped_by, WorkerError):
         raise stopped_by
     if stopped_by is not None:

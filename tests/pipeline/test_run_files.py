@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -124,3 +125,29 @@ def test_edge_a_run_with_a_refused_line_runs_again_as_a_resume(tmp_path: Path, s
     lines = read_jsonl(tmp_path / "out.jsonl")
     assert sorted(line["custom_id"] for line in lines) == sorted([*ids, "#line-2"])
     assert sim.stats()["admitted"] == len(ids)  # nothing paid twice
+
+
+def test_edge_a_forced_run_on_a_cluster_resumes_its_own_job(
+    tmp_path: Path, simulator, redis_server, redis_client
+) -> None:  # type: ignore[no-untyped-def]
+    # On a configured Redis an interrupted run's unfinished requests stay queued. A
+    # --force run has a job id of its own: the resume command it prints must name it,
+    # or the resume makes a second job of the same requests and each is paid twice.
+    sim = simulator(tpm=6_000, rpm=3_000, bucket_seconds=3.0)
+    ids = write_batch(tmp_path / "batch.jsonl", 20)
+    (tmp_path / "out.jsonl").write_text('{"custom_id": "someone-else"}\n')
+    env = {**_env(sim, burst_seconds=2.0), "QUOTAFLOW_REDIS_URL": redis_server.url}
+    args = ["run", "batch.jsonl", "-o", "out.jsonl", "--workers", "1"]
+    code, out = _interrupt_after([*args, "--force"], tmp_path, env, sim, admitted=3)
+    assert code == 130, out
+    found = re.search(r"resume with the same command: (.+?) {3}", out)
+    assert found is not None, out
+    hint = found.group(1)
+    assert hint.startswith("quotaflow run batch.jsonl -o out.jsonl"), out
+    assert "--force" not in hint
+
+    again = quotaflow(*hint.split()[1:], cwd=tmp_path, env=env)
+    assert again.returncode == 0, again.stdout + again.stderr
+    lines = read_jsonl(tmp_path / "out.jsonl")
+    assert sorted(line["custom_id"] for line in lines) == sorted(ids)
+    assert sim.stats()["admitted"] == len(ids)  # no request paid twice
