@@ -186,7 +186,8 @@ def run(
             # On a cluster the unfinished requests stay queued in this job: the resume
             # must join it. A --force run's job id is not the one derived again.
             again = job_id if force and named_job is None and not embedded else named_job
-            _resume_hint(batch, output, again, embedded=embedded)
+            command = resume_command(batch, output, again, deployment=deployment, tenant=tenant)
+            _resume_hint(command, output, embedded=embedded)
     if isinstance(stopped_by, WorkerError):
         raise stopped_by
     if stopped_by is not None:
@@ -203,8 +204,8 @@ def _names(settings: Settings, deployment: str | None) -> list[str]:
     return [deployment] if deployment else [d.name for d in settings.deployments]
 
 
-def _resume_hint(batch: Path, output: Path, job_id: str | None, *, embedded: bool) -> None:
-    again = escape(resume_command(batch, output, job_id))
+def _resume_hint(command: str, output: Path, *, embedded: bool) -> None:
+    again = escape(command)
     if embedded:
         console.print(
             f"resume with the same command: {again}   (the results in "

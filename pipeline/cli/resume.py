@@ -121,7 +121,20 @@ def write_output(path: Path, earlier: Earlier, lines: Iterable[dict[str, Any]]) 
     return seen
 
 
-def resume_command(batch: Path, output: Path, job_id: str | None) -> str:
-    """The command that carries on from here (`job_id` when the user named one)."""
-    extra = ("--job-id", job_id) if job_id else ()
+def resume_command(
+    batch: Path,
+    output: Path,
+    job_id: str | None,
+    *,
+    deployment: str | None = None,
+    tenant: str | None = None,
+) -> str:
+    """The command that carries on from here: the same batch, output, deployment and
+    tenant (they make the derived job id, and say where the requests go), and
+    `job_id` when the job's id is not the derived one."""
+    extra: list[str] = []
+    for option, value in (("--deployment", deployment), ("--tenant", tenant),
+                          ("--job-id", job_id)):  # fmt: skip
+        if value:
+            extra += [option, value]
     return cmd("run", batch, "-o", output, *extra)

@@ -127,24 +127,31 @@ def test_edge_a_run_with_a_refused_line_runs_again_as_a_resume(tmp_path: Path, s
     assert sim.stats()["admitted"] == len(ids)  # nothing paid twice
 
 
-def test_edge_a_forced_run_on_a_cluster_resumes_its_own_job(
-    tmp_path: Path, simulator, redis_server, redis_client
+@pytest.mark.parametrize(
+    "options", [["--force"], ["--deployment", "sim", "--tenant", "t1"]], ids=["force", "routed"]
+)
+def test_edge_a_run_on_a_cluster_resumes_its_own_job(
+    tmp_path: Path, simulator, redis_server, redis_client, options: list[str]
 ) -> None:  # type: ignore[no-untyped-def]
-    # On a configured Redis an interrupted run's unfinished requests stay queued. A
-    # --force run has a job id of its own: the resume command it prints must name it,
-    # or the resume makes a second job of the same requests and each is paid twice.
+    # On a configured Redis an interrupted run's unfinished requests stay queued. The
+    # resume command it prints must join that job: a --force run's id is its own, and
+    # the deployment and tenant make the derived id (and say where requests go). Else
+    # the resume makes a second job of the same requests and each is paid twice.
     sim = simulator(tpm=6_000, rpm=3_000, bucket_seconds=3.0)
     ids = write_batch(tmp_path / "batch.jsonl", 20)
     (tmp_path / "out.jsonl").write_text('{"custom_id": "someone-else"}\n')
     env = {**_env(sim, burst_seconds=2.0), "QUOTAFLOW_REDIS_URL": redis_server.url}
     args = ["run", "batch.jsonl", "-o", "out.jsonl", "--workers", "1"]
-    code, out = _interrupt_after([*args, "--force"], tmp_path, env, sim, admitted=3)
+    if "--force" not in options:
+        (tmp_path / "out.jsonl").unlink()
+    code, out = _interrupt_after([*args, *options], tmp_path, env, sim, admitted=3)
     assert code == 130, out
     found = re.search(r"resume with the same command: (.+?) {3}", out)
     assert found is not None, out
     hint = found.group(1)
     assert hint.startswith("quotaflow run batch.jsonl -o out.jsonl"), out
     assert "--force" not in hint
+    assert all(option in hint for option in options if option != "--force")
 
     again = quotaflow(*hint.split()[1:], cwd=tmp_path, env=env)
     assert again.returncode == 0, again.stdout + again.stderr
