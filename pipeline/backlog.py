@@ -167,9 +167,20 @@ class Backlog(bootsteps.StartStopStep):  # type: ignore[misc]
         """On the reader thread: read every lane's gate each poll, hand the readings to
         the consumer's loop."""
         while not stopping.wait(self.poll_seconds):
-            reads = self.read()
+            try:
+                reads = self.read()
+            except Exception:  # a dead reader would leave paused lanes paused for good
+                log.exception("intake: could not read the gates; trying again")
+                continue
             if not stopping.is_set():
-                c.call_soon(self.apply, c, reads)
+                c.call_soon(self._apply_safely, c, reads)
+
+    def _apply_safely(self, c: Any, reads: dict[str, tuple[float, float] | None]) -> None:
+        # A callback on the consumer's loop: an exception here would stop the worker.
+        try:
+            self.apply(c, reads)
+        except Exception:
+            log.exception("intake: could not apply the gates' readings; trying again")
 
     def read(self) -> dict[str, tuple[float, float] | None]:
         """Each lane's (booked ahead, cooldown left), None where its gate is unreadable."""
