@@ -107,7 +107,7 @@ def test_edge_a_batch_line_with_call_options_is_refused_at_submit(  # type: igno
     done = quotaflow(
         "run", "batch.jsonl", "-o", "out.jsonl", "--workers", "1", cwd=tmp_path, env=env
     )
-    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.returncode == 1, done.stdout + done.stderr  # a request failed: the forged one
     assert "line 2: body key 'extra_headers' is not a request field" in done.stdout + done.stderr
     out = {line["custom_id"]: line for line in read_jsonl(tmp_path / "out.jsonl")}
     assert out["ok-1"]["error"] is None and out["ok-3"]["error"] is None

@@ -122,12 +122,12 @@ def test_edge_a_worker_whose_clock_lags_still_uses_its_booked_slot(
     c.jobs.store.create(job)
     for i in range(3):
         complete.apply_async((chat(f"lagging {i}"),), {"custom_id": f"r{i}", "job_id": job})
+    # The consumer of the deferrals: the main queue, its clock 0.8 s behind. Started
+    # first, so that a slow start on a loaded host cannot make the slots pass.
+    late = worker_on(c, "lagging", c.settings.queue, lagging_clock(0.8))
     # The publisher of the deferrals: the deployment's queue only, on the true clock.
     worker_on(c, "publisher", f"{c.settings.queue}.sim")
-    wait_for(lambda: redis_client.llen(c.settings.queue) == 3, 30, "three deferrals")
-    assert len(gate.admissions("sim")) == ahead + 3
-    # The consumer of the deferrals: the main queue, its clock 0.8 s behind.
-    late = worker_on(c, "lagging", c.settings.queue, lagging_clock(0.8))
+    wait_for(lambda: len(gate.admissions("sim")) == ahead + 3, 30, "three deferrals")
     status = c.wait(job, timeout=60)
     assert status.counts["done"] == 3, late.log()[-4000:]
     assert "booking again" not in late.log(), late.log()[-4000:]

@@ -52,7 +52,7 @@ def test_edge_delay_with_invalid_settings_raises_and_sends_nothing(
     )  # fmt: skip
     out = done.stdout + done.stderr
     assert "REFUSED: invalid quotaflow settings:" in done.stdout, out
-    assert "deployments.0.tpm" in done.stdout
+    assert "deployment 'gpt4o': tpm" in done.stdout
     assert "PUBLISHED" not in out
     assert redis_client.dbsize() == 0  # not even the configured Redis saw it
 
