@@ -32,7 +32,6 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import redis
 
@@ -60,9 +59,9 @@ class Profile:
     rpm: int
     #: Seconds of quota the provider's bucket holds (OpenAI's: 60).
     bucket_seconds: float
-    #: The gate's burst; None: the default (58 s).
+    #: The gate's burst, the controller's time constant and reserve, with the booking
+    #: horizon and backoff scaled to the bucket; None: every setting at its default.
     burst_seconds: float | None
-    #: The controller's time constant and reserve; None: the defaults (6 s, 0.05).
     smoothing_seconds: float | None
     reserve: float | None
     latency_ms: float
@@ -124,25 +123,24 @@ class Run:
 
 
 def settings_for(redis_url: str, sim: Simulator, strategy: str, prof: Profile) -> Settings:
-    def given(value: float | None, model: Any, name: str) -> float:
-        """The profile's value, or the setting's default when it gives none."""
-        return model.model_fields[name].default if value is None else value
-
+    # "learned": quotaflow's default; "aimd" switches neighbour learning off.
+    learning = strategy == "learned"
+    if prof.burst_seconds is None:  # every setting at its default, as a new user's
+        dep = DeploymentSettings(
+            name="shared", kind="compatible", model="gpt-4o-mini", base_url=sim.url + "/v1",
+            api_key=API_KEY, tpm=prof.tpm, rpm=prof.rpm,
+        )  # fmt: skip
+        return Settings(redis_url=redis_url, deployments=[dep], neighbour_learning=learning)
+    assert prof.smoothing_seconds is not None and prof.reserve is not None
     dep = DeploymentSettings(
         name="shared", kind="compatible", model="gpt-4o-mini", base_url=sim.url + "/v1",
-        api_key=API_KEY, tpm=prof.tpm, rpm=prof.rpm, accounting="estimate",
-        timeout_seconds=10.0,
-        burst_seconds=given(prof.burst_seconds, DeploymentSettings, "burst_seconds"),
+        api_key=API_KEY, tpm=prof.tpm, rpm=prof.rpm, burst_seconds=prof.burst_seconds,
+        accounting="estimate", timeout_seconds=10.0,
     )  # fmt: skip
-    # "learned": quotaflow's default; "aimd" switches neighbour learning off.
     return Settings(
         redis_url=redis_url, deployments=[dep], booking_horizon_seconds=30.0,
-        max_defer_seconds=30.0, backoff_cap_seconds=10.0,
-        neighbour_learning=strategy == "learned",
-        neighbour_smoothing_seconds=given(
-            prof.smoothing_seconds, Settings, "neighbour_smoothing_seconds"
-        ),
-        neighbour_reserve=given(prof.reserve, Settings, "neighbour_reserve"),
+        max_defer_seconds=30.0, backoff_cap_seconds=10.0, neighbour_learning=learning,
+        neighbour_smoothing_seconds=prof.smoothing_seconds, neighbour_reserve=prof.reserve,
     )  # fmt: skip
 
 
@@ -257,6 +255,8 @@ def plot(runs: list[Run], path: Path, tpm: int) -> None:
         hits = [s[0] for i, s in enumerate(r.series) if i and s[5] > r.series[i - 1][5]]
         ax.scatter(hits, [tpm * 1.05] * len(hits), marker="x", color="red", label="429s")
         ax.axhline(tpm, color="grey", linewidth=0.8)
+        # The first full bucket drains at many times the rate: clipped, so the rate shows.
+        ax.set_ylim(0, 1.6 * tpm)
         on = "on 30 s / off 30 s" if r.pattern == "bursty" else "steady"
         ax.set_title(f"{r.strategy}: neighbour {r.share:.0%} of {tpm:,} TPM, {on}")
         ax.set_ylabel("tokens / min")
@@ -277,8 +277,10 @@ def describe(prof: Profile, runs: list[Run], command: str, png: str) -> str:
             f"holding {prof.bucket_seconds:g} s as OpenAI's does, answers "
             f"{(prof.latency_ms - prof.latency_jitter_ms) / 1000:g}-"
             f"{(prof.latency_ms + prof.latency_jitter_ms) / 1000:g} s after the call; every "
-            "setting at its default (burst 58 s, reserve 0.05, time constant 6 s, sample "
-            '0.5 s; "aimd" is `neighbour_learning = false`). 2 worker processes (threads, '
+            "setting at its default (burst 58 s; neighbour reserve 0.05, which the gate "
+            "caps at half of what its own burst leaves at the provider: 1 s of quota; time "
+            "constant 6 s, sample 0.5 s; booking horizon 300 s, backoff cap 60 s; "
+            '"aimd" is `neighbour_learning = false`). 2 worker processes (threads, '
             f"16 each); the work outlasts the run ({prof.warmup + prof.measured:g} s). "
             f"Utilization: quotaflow's and the neighbour's tokens over the {prof.measured:g} s "
             f"after a {prof.warmup:g} s warm-up (the first full bucket drains in it), over "
