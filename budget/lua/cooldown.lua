@@ -4,7 +4,7 @@
 -- KEYS[1]  TAT of the token bucket
 -- KEYS[2]  TAT of the request bucket
 -- KEYS[3]  cooldown marker (Redis microseconds at which the cooldown ends)
--- KEYS[4]  rate state (hash, see observe.lua): fields cut, cut_at
+-- KEYS[4]  rate state (hash, see observe.lua): fields cut, cut_at, paused_until
 -- ARGV[1]  lowest TAT for tokens, as an offset from now, microseconds ("" = no
 --          bucket: the window limiter reads the cooldown marker itself)
 -- ARGV[2]  lowest TAT for requests, as an offset from now, microseconds ("" = none)
@@ -44,6 +44,10 @@ local until_us = now + cooldown_ms * 1000
 local current = tonumber(redis.call("GET", KEYS[3]) or 0)
 if until_us > current then
   redis.call("SET", KEYS[3], string.format("%d", until_us), "PX", math.max(1, cooldown_ms))
+  -- Kept past the marker: neighbour learning reads the provider's refill during our
+  -- own pause as ours, not as a smaller neighbour (observe.lua).
+  redis.call("HSET", KEYS[4], "paused_until", string.format("%d", until_us))
+  redis.call("EXPIRE", KEYS[4], 3600)
 end
 
 if not cooling then

@@ -27,7 +27,7 @@
 -- KEYS[2]  TAT of the request bucket
 -- KEYS[3]  rate state (hash): at (last update), n_t, n_r (learned share, per
 --          second); x_t, x_r (last reading's x); f_t, f_r (factor for reserve.lua);
---          cut, cut_at (AIMD)
+--          cut, cut_at (AIMD); paused_until (the last cooldown's end)
 -- ARGV[1]  lowest TAT for tokens as an offset from now, microseconds ("" = keep)
 -- ARGV[2]  lowest TAT for requests as an offset from now, microseconds ("" = keep)
 -- ARGV[3]  tokens left at the provider ("" = not learning from it)
@@ -77,11 +77,14 @@ if ARGV[3] == "" and ARGV[4] == "" then
   return {now, moved}
 end
 
-local s = redis.call("HMGET", KEYS[3], "at", "n_t", "n_r", "x_t", "x_r")
+local s = redis.call("HMGET", KEYS[3], "at", "n_t", "n_r", "x_t", "x_r", "paused_until")
 local at = tonumber(s[1])
 local tau = tonumber(ARGV[9])
 local seen = now
 if ARGV[17] ~= "" and tonumber(ARGV[17]) < now then seen = tonumber(ARGV[17]) end
+-- A reading within a time constant of a cooldown's end: the provider refilled while
+-- the gate admitted nothing, which says nothing of a smaller neighbour.
+local paused = seen < (tonumber(s[6]) or 0) + tonumber(ARGV[9]) * 1000000
 local dt = 0
 if at then
   dt = (seen - at) / 1000000
@@ -104,7 +107,9 @@ for d = 1, 2 do
     local rate = tonumber(ARGV[4 + d])
     local most = rate * (1 - lowest)
     local x = left - tonumber(ARGV[6 + d])
-    if x > 0 then
+    if x > 0 and paused then
+      x = 0
+    elseif x > 0 then
       local tat = tonumber(tats[d] or now)
       local idle = (now + tonumber(ARGV[14 + d]) - math.max(tat, now)) / tonumber(ARGV[12 + d])
       x = math.max(0, x - math.max(0, idle))

@@ -168,3 +168,20 @@ def test_edge_a_learned_share_slows_large_requests_too(redis_client: redis.Redis
     # 40,000 tokens at half of 1,000 tokens/s: 80 s apart, not the burst's 58 s.
     gap = second.reservation.start_at - first.reservation.start_at
     assert gap >= 80 - 0.01, gap
+
+
+def test_edge_the_refill_during_a_cooldown_is_not_unlearned(redis_client: redis.Redis) -> None:
+    # After a 429 the gate admits nothing for the cooldown; the provider's bucket
+    # refills meanwhile. Read as a smaller neighbour, that refill gave the share back
+    # and the next burst met the neighbour again (a 429 after each cooldown).
+    dep = DeploymentSettings(name="oa", model="gpt-4o-mini", tpm=30_000, rpm=500)
+    gate = Gate(redis_client, [dep])
+    last = int((gate.now() - 1.0) * 1e6)  # the last reading, a second ago
+    redis_client.hset("quotaflow:{oa}:rate", mapping={"n_t": "200", "x_t": "0", "at": last})
+    gate.cooldown("oa", 2.0)
+    # The provider holds half its bucket again: nothing of ours explains it but the pause.
+    gate.observe(
+        "oa", {"x-ratelimit-limit-tokens": "30000", "x-ratelimit-remaining-tokens": "15000"}
+    )
+    snap = gate.snapshot("oa")
+    assert snap.neighbour_tpm == 200 * 60, snap
