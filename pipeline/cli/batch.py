@@ -119,6 +119,8 @@ def run(
     embedded = settings.redis_url is None
     started = time.monotonic()
     stopped_by: BaseException | None = None
+    sent_estimate = 0  # tokens this run submitted, prompt + max_tokens
+    free_at_start: float | None = None
     state.redis_url = settings.redis_url
     with (
         sigterm_as_interrupt(),
@@ -137,6 +139,11 @@ def run(
                        else "")
                 )  # fmt: skip
             existed = rt.jobs.exists(job_id)
+            # The pace is told from what the gates had free: a run after another starts
+            # on the budget that one left, not on a full burst.
+            free_at_start = sum(
+                rt.gate.snapshot(n).tokens_available for n in _names(settings, deployment)
+            )
             with console.status(f"submitting {batch}"):
                 report = jobs.submit(
                     lines_to_send(batch, earlier), job_id=job_id, deployment=deployment,
@@ -144,6 +151,8 @@ def run(
                 )  # fmt: skip
             # A resumed job on a configured Redis: its failures are tried again too.
             replayed = jobs.replay(job_id)[0] if existed and earlier.failed else 0
+            # Replayed requests were estimated by an earlier submit: no pace for them.
+            sent_estimate = 0 if replayed else report.tokens_estimated
             console.print(
                 f"job [bold]{escape(job_id)}[/]: {report.submitted + replayed} requests queued"
                 + (f", {report.skipped} already in the job" if report.skipped else "")
@@ -172,8 +181,20 @@ def run(
             failed = status.counts["failed"]
             elapsed = time.monotonic() - started
             deps = [settings.deployment(n) for n in _names(settings, deployment)]
+            # A pace only for a run whose every request was sent and done: cancelled or
+            # interrupted requests were never charged, and a run's estimate is of what it
+            # submitted (not of what earlier runs of the job did).
+            finished = stopped_by is None and status.counts["done"] == status.total
+            charged = sent_estimate if finished else 0
             console.print(
-                job_table(status, title=f"job {escape(job_id)}", elapsed=elapsed, deployments=deps)
+                job_table(
+                    status,
+                    title=f"job {escape(job_id)}",
+                    elapsed=elapsed,
+                    deployments=deps,
+                    charged=charged,
+                    free_at_start=free_at_start,
+                )  # fmt: skip
             )
             failures = failures_table(jobs, job_id)
             if failures is not None:
