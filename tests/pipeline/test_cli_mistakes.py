@@ -65,6 +65,21 @@ def test_edge_a_cut_off_json_line_is_reported_where_it_ends(tmp_path: Path) -> N
     assert errors[2] == f"line 3: not valid JSON: Expecting ',' delimiter at column {column}"
 
 
+def test_edge_a_line_without_a_body_says_so_in_json_words(tmp_path: Path) -> None:
+    # Not "body must be a JSON object, got NoneType": the user wrote JSON, not Python.
+    head = {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions"}
+    path = tmp_path / "b.jsonl"
+    rows = [head, {**head, "custom_id": "b", "body": None}, {**head, "custom_id": "c", "body": [1]}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + "[1, 2]\n")
+    errors = [str(e) for e in read_batch(path)]
+    assert errors == [
+        'line 1: body is missing: give the request as "body": {...}',
+        "line 2: body must be a JSON object, got null",
+        "line 3: body must be a JSON object, got an array",
+        "line 4: must be a JSON object, got an array",
+    ]
+
+
 def test_edge_version_is_printed(tmp_path: Path) -> None:
     done = quotaflow("--version", cwd=tmp_path, env=cli_env())
     assert done.returncode == 0
