@@ -22,7 +22,7 @@ from pipeline.console import console
 from pipeline.jobs import CancelReport, Jobs, SubmitReport
 from pipeline.local import LocalWorkers
 from settings import DeploymentSettings
-from tasks.auth import read_stops
+from tasks.auth import AUTH_REMEDY, read_stops
 from tasks.jobstore import JobStatus
 from tasks.metrics import parse_field
 from tasks.runtime import Runtime
@@ -266,15 +266,17 @@ def failure_reasons(jobs: Jobs, job_id: str) -> Text | None:
     return Text("failed by reason: " + " · ".join(f"{code} {n}" for code, n in ranked))
 
 
-def stops_lines(rt: Runtime) -> Text | None:
-    """The deployments stopped for a refused API key, and why (tasks.auth)."""
+def stops_lines(rt: Runtime, remedy: str | None = None) -> Text | None:
+    """The deployments stopped for a refused API key, and why (tasks.auth); `remedy`
+    replaces the cluster's (restart the workers, replay) where another step fits."""
     stops = read_stops(rt.redis, rt.settings.key_prefix)
     if not stops:
         return None
     text = Text()
     for stop in stops:
         text.append(f"stopped {stop.deployment}: ", style="bold red")
-        text.append(f"{stop.reason}\n")
+        reason = stop.reason if remedy is None else stop.reason.replace(AUTH_REMEDY, remedy)
+        text.append(f"{reason}\n")
     text.rstrip()
     return text
 

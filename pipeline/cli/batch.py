@@ -199,7 +199,14 @@ def run(
             failures = failures_table(jobs, job_id)
             if failures is not None:
                 console.print(failures)
-            for note in (failure_reasons(jobs, job_id), stops_lines(rt)):
+            # `run` has no workers to restart and its job may be on a private Redis:
+            # with the key fixed, the same command sends the failed requests again.
+            again = resume_command(batch, output, named_job)
+            remedy = (
+                f"fix its api_key, then run the same command again ({again}): the failed "
+                "requests are sent again"
+            )
+            for note in (failure_reasons(jobs, job_id), stops_lines(rt, remedy)):
                 if note is not None:
                     console.print(note, soft_wrap=True)
         console.print(f"wrote {lines(len(done))} to [bold]{escape(str(output))}[/]")
