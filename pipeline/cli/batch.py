@@ -39,6 +39,7 @@ from pipeline.embedded import sigterm_as_interrupt
 from pipeline.jobs import Jobs, check_job_id, new_job_id
 from pipeline.liveness import announce, unserved_warning, waiting_unserved
 from pipeline.local import WorkerError, local_cluster
+from pipeline.reach import silent_deployments
 from pipeline.views import (
     failure_reasons,
     failures_table,
@@ -112,6 +113,9 @@ def run(
         raise QuotaflowError("--workers 0 needs a running cluster: set QUOTAFLOW_REDIS_URL")
     if workers:
         settings.require_api_keys()  # the local workers make calls
+        used = [settings.deployment(n) for n in _names(settings, deployment)]
+        for warning in silent_deployments(used):
+            errors.print(f"[yellow]warning: {escape(warning)}[/]", soft_wrap=True)
     earlier = earlier_output(batch, output, force=force)
     named_job = job_id
     if job_id is None:

@@ -17,6 +17,7 @@ from support.cli import cli_env, quotaflow, write_batch
 from pipeline import app
 from pipeline.app import configure
 from pipeline.batchfile import read_batch
+from pipeline.redis_server import free_port
 from pipeline.views import budget_view
 from settings import Settings
 from tasks.runtime import current
@@ -109,3 +110,25 @@ def test_edge_the_budget_footnote_says_what_its_counts_span(
     out = Console(width=80, record=True, file=io.StringIO())
     out.print(budget_view(current(), notes=False))
     assert "* the previous" not in out.export_text()
+
+
+def test_edge_run_says_at_once_when_nothing_answers_at_the_deployment(tmp_path: Path) -> None:
+    # The simulator not started (a README reader's first slip): every call fails to
+    # connect and is retried for minutes while the run shows only "retrying".
+    port = free_port()  # nothing listens there
+    dep = {"name": "local", "kind": "compatible", "model": "gpt-4o-mini",
+           "base_url": f"http://127.0.0.1:{port}/v1", "tpm": 30_000, "rpm": 600}  # fmt: skip
+    env = cli_env(QUOTAFLOW_DEPLOYMENTS=json.dumps([dep]), QUOTAFLOW_MAX_RETRIES="1",
+                  QUOTAFLOW_BACKOFF_CAP_SECONDS="1")  # fmt: skip
+    write_batch(tmp_path / "b.jsonl", 1)
+    args = ("run", "b.jsonl", "-o", "out.jsonl", "--workers", "1", "--concurrency", "1")
+    done = quotaflow(*args, cwd=tmp_path, env=env)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    stderr = " ".join(done.stderr.split())
+    assert (
+        f"warning: nothing answers at http://127.0.0.1:{port}/v1 (deployment 'local': "
+        "connection refused): start the server first (`quotaflow simulate` for the simulator)"
+    ) in stderr, stderr
+    (line,) = (json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines())
+    assert f"connection to http://127.0.0.1:{port}/v1 failed" in line["error"]["message"]
