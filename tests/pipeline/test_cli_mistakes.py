@@ -19,7 +19,7 @@ from pipeline.app import configure
 from pipeline.batchfile import read_batch
 from pipeline.redis_server import free_port
 from pipeline.views import budget_view
-from settings import Settings
+from settings import Settings, settings_env
 from tasks.runtime import current
 
 pytestmark = pytest.mark.timeout(120)
@@ -132,3 +132,18 @@ def test_edge_run_says_at_once_when_nothing_answers_at_the_deployment(tmp_path: 
     ) in stderr, stderr
     (line,) = (json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines())
     assert f"connection to http://127.0.0.1:{port}/v1 failed" in line["error"]["message"]
+
+
+def test_edge_replay_of_a_job_without_failures_says_there_is_nothing_to_replay(
+    tmp_path: Path, simulator, cluster
+) -> None:  # type: ignore[no-untyped-def]
+    # Not "0 requests resubmitted, 0 not replayable (invalid input lines)".
+    c = cluster(simulator())
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    report = c.jobs.submit_bodies([{**body, "max_tokens": 5}])
+    env = cli_env(**settings_env(c.settings))
+    done = quotaflow("replay", report.job_id, cwd=tmp_path, env=env, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert (
+        done.stdout.strip() == f"job {report.job_id}: nothing to replay (it has no failed requests)"
+    )
