@@ -163,7 +163,17 @@ def run(
                 + (f", {len(report.rejected)} lines rejected" if report.rejected else "")
             )
             print_rejected(report)
-            follow(rt, jobs, job_id, local=local, deployments=_names(settings, deployment))
+            now = jobs.status(job_id)
+            pending = now.total - now.counts["done"] - now.counts["failed"]
+            # Nothing queued and nothing left of an earlier run: a finished batch run
+            # again has nothing to wait for (a job that never came to be never finishes).
+            if report.submitted + replayed or pending > 0:
+                follow(rt, jobs, job_id, local=local, deployments=_names(settings, deployment))
+            else:
+                console.print(
+                    f"nothing left to send: every line of {escape(str(batch))} has its "
+                    f"line in {escape(str(output))}"
+                )
         except (KeyboardInterrupt, WorkerError) as exc:
             # Whatever stops the run, what is done is written out below.
             stopped_by = exc
