@@ -65,6 +65,16 @@ def _json_error(text: str, exc: json.JSONDecodeError) -> str:
     return f"not valid JSON: {exc.msg.removesuffix(' at')} at column {exc.pos + 1}"
 
 
+def _json_kind(value: object) -> str:
+    """What a JSON value is, in JSON's words (not Python's `NoneType`, `str`)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    kinds = {dict: "an object", list: "an array", str: "a string", int: "a number"}
+    return kinds.get(type(value), "a number")
+
+
 def parse_line(number: int, text: str) -> BatchLine | LineError:
     # Without its newline: an error at the end of the line is then at its last column,
     # not at column 1 of a next line.
@@ -74,7 +84,7 @@ def parse_line(number: int, text: str) -> BatchLine | LineError:
     except json.JSONDecodeError as exc:
         return LineError(number, None, _json_error(text, exc))
     if not isinstance(obj, dict):
-        return LineError(number, None, f"must be a JSON object, got {type(obj).__name__}")
+        return LineError(number, None, f"must be a JSON object, got {_json_kind(obj)}")
     cid = obj.get("custom_id")
     if not isinstance(cid, str) or not cid:
         return LineError(number, None, "custom_id is missing or not a non-empty string")
@@ -92,9 +102,11 @@ def parse_line(number: int, text: str) -> BatchLine | LineError:
     url = obj.get("url")
     if url not in URLS:
         return LineError(number, cid, f"url must be one of {', '.join(URLS)}, got {url!r}")
-    body = obj.get("body")
+    if "body" not in obj:
+        return LineError(number, cid, 'body is missing: give the request as "body": {...}')
+    body = obj["body"]
     if not isinstance(body, dict):
-        return LineError(number, cid, f"body must be a JSON object, got {type(body).__name__}")
+        return LineError(number, cid, f"body must be a JSON object, got {_json_kind(body)}")
     return BatchLine(number, cid, url, body)
 
 

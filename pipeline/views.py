@@ -22,7 +22,7 @@ from pipeline.console import console
 from pipeline.jobs import CancelReport, Jobs, SubmitReport
 from pipeline.local import LocalWorkers
 from settings import DeploymentSettings
-from tasks.auth import read_stops
+from tasks.auth import AUTH_REMEDY, read_stops
 from tasks.jobstore import JobStatus
 from tasks.metrics import parse_field
 from tasks.runtime import Runtime
@@ -157,9 +157,12 @@ def job_table(
     title: str,
     elapsed: float | None = None,
     deployments: Sequence[DeploymentSettings] = (),
+    charged: int = 0,
+    free_at_start: float | None = None,
 ) -> Table:
-    """A job's counts; with `elapsed` and the `deployments` it ran on, its pace against
-    their quota."""
+    """A job's counts; with `elapsed`, the `deployments` it ran on and the tokens
+    `charged` in that time (requests sent, prompt + max_tokens), its pace against their
+    quota. `free_at_start` is what their gates had free when it began (default: full)."""
     c = status.counts
     table = Table(title=title, title_justify="left", show_header=False, box=None)
     table.add_column(style="bold")
@@ -184,8 +187,8 @@ def job_table(
     if elapsed is not None:
         minutes = max(elapsed, 1e-9) / 60
         table.add_row("elapsed", f"{elapsed:.1f}s · {c['done'] / minutes:,.0f} requests/min")
-        if deployments and status.tokens_estimated:
-            table.add_row("pace", _pace(status.tokens_estimated, minutes, deployments))
+        if deployments and charged:
+            table.add_row("pace", _pace(charged, minutes, deployments, free_at_start))
     return table
 
 
@@ -202,20 +205,33 @@ def _cost(status: JobStatus, deployments: Sequence[DeploymentSettings]) -> str:
     return cost
 
 
-def _pace(charged: int, minutes: float, deployments: Sequence[DeploymentSettings]) -> str:
+def _pace(
+    charged: int,
+    minutes: float,
+    deployments: Sequence[DeploymentSettings],
+    free_at_start: float | None,
+) -> str:
     """Tokens charged against the quota: the burst it starts with, then its rate.
 
     (Charged / elapsed alone reads as if the gate beat the quota: the first burst is
     spent at once.) Charged is the estimate, prompt + max_tokens, as providers count.
+    A run that starts on a budget an earlier one drained has less than the full burst
+    to spend at once.
     """
-    burst = int(sum(d.token_capacity for d in deployments))
+    full = int(sum(d.token_capacity for d in deployments))
+    burst = full if free_at_start is None else min(full, max(0, int(free_at_start)))
+    what = (
+        "the burst the quota allows"
+        if burst == full
+        else f"what the budget had free at the start, of a {num(full)} burst"
+    )
     quota = sum(d.tpm for d in deployments)
     head = f"~{num(charged)} tokens charged (prompt + max_tokens, as the provider counts)"
     rest = charged - burst
     if rest <= 0:
-        return f"{head}, all within the {num(burst)} the quota lets go at once"
+        return f"{head}, all within the {num(burst)} the budget let go at once"
     return (
-        f"{head}: the first {num(burst)} at once (the burst the quota allows), the other "
+        f"{head}: the first {num(burst)} at once ({what}), the other "
         f"{num(rest)} at {num(rest / minutes)}/min over the whole run (quota {num(quota)}/min)"
     )
 
@@ -250,15 +266,17 @@ def failure_reasons(jobs: Jobs, job_id: str) -> Text | None:
     return Text("failed by reason: " + " · ".join(f"{code} {n}" for code, n in ranked))
 
 
-def stops_lines(rt: Runtime) -> Text | None:
-    """The deployments stopped for a refused API key, and why (tasks.auth)."""
+def stops_lines(rt: Runtime, remedy: str | None = None) -> Text | None:
+    """The deployments stopped for a refused API key, and why (tasks.auth); `remedy`
+    replaces the cluster's (restart the workers, replay) where another step fits."""
     stops = read_stops(rt.redis, rt.settings.key_prefix)
     if not stops:
         return None
     text = Text()
     for stop in stops:
         text.append(f"stopped {stop.deployment}: ", style="bold red")
-        text.append(f"{stop.reason}\n")
+        reason = stop.reason if remedy is None else stop.reason.replace(AUTH_REMEDY, remedy)
+        text.append(f"{reason}\n")
     text.rstrip()
     return text
 

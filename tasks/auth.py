@@ -30,6 +30,11 @@ log = logging.getLogger(__name__)
 AUTH_FAILURE_LIMIT = 3
 #: ... when they come within this many seconds.
 AUTH_FAILURE_WINDOW_SECONDS = 600
+#: What a stop tells to do, on a cluster (`quotaflow run` says it its own way).
+AUTH_REMEDY = (
+    "fix its api_key and restart the workers, then `quotaflow replay JOB` the requests "
+    "dead-lettered as auth_failed"
+)
 #: A stop lasts this long unless the key changes (then a few calls test the key again).
 AUTH_STOP_SECONDS = 3600
 #: How long a worker process trusts what it read of the stops before reading again.
@@ -120,9 +125,7 @@ class AuthGuard:
             return False
         reason = (
             f"deployment {dep.name!r} stopped after {AUTH_FAILURE_LIMIT} authentication "
-            f"failures with its api_key (last: {message}); fix its api_key and restart the "
-            "workers, then "
-            "`quotaflow replay JOB` the requests dead-lettered as auth_failed"
+            f"failures with its api_key (last: {message}); {AUTH_REMEDY}"
         )
         entry = {"key": fp, "reason": reason, "at": time.time()}
         self.client.hset(stops_key(self.prefix), dep.name, json.dumps(entry))

@@ -235,7 +235,8 @@ def classify(exc: openai.APIError, dep: DeploymentSettings) -> ProviderError:
         err = TransientProviderError(f"timed out after {dep.timeout_seconds:g}s")
         err.code = "timeout"
     elif isinstance(exc, openai.APIConnectionError):
-        err = TransientProviderError(f"connection failed: {message}")
+        where = dep.base_url or "the OpenAI API"
+        err = TransientProviderError(f"connection to {where} failed: {message}")
         err.code = "connection_error"
     elif status == 429 and {code, kind} & _PERMANENT_429_CODES:
         err = PermanentProviderError(f"provider refused: {message} (429, waiting cannot help)")

@@ -39,6 +39,7 @@ from pipeline.embedded import sigterm_as_interrupt
 from pipeline.jobs import Jobs, check_job_id, new_job_id
 from pipeline.liveness import announce, unserved_warning, waiting_unserved
 from pipeline.local import WorkerError, local_cluster
+from pipeline.reach import silent_deployments
 from pipeline.views import (
     failure_reasons,
     failures_table,
@@ -112,6 +113,9 @@ def run(
         raise QuotaflowError("--workers 0 needs a running cluster: set QUOTAFLOW_REDIS_URL")
     if workers:
         settings.require_api_keys()  # the local workers make calls
+        used = [settings.deployment(n) for n in _names(settings, deployment)]
+        for warning in silent_deployments(used):
+            errors.print(f"[yellow]warning: {escape(warning)}[/]", soft_wrap=True)
     earlier = earlier_output(batch, output, force=force)
     named_job = job_id
     if job_id is None:
@@ -119,6 +123,8 @@ def run(
     embedded = settings.redis_url is None
     started = time.monotonic()
     stopped_by: BaseException | None = None
+    sent_estimate = 0  # tokens this run submitted, prompt + max_tokens
+    free_at_start: float | None = None
     state.redis_url = settings.redis_url
     with (
         sigterm_as_interrupt(),
@@ -137,6 +143,11 @@ def run(
                        else "")
                 )  # fmt: skip
             existed = rt.jobs.exists(job_id)
+            # The pace is told from what the gates had free: a run after another starts
+            # on the budget that one left, not on a full burst.
+            free_at_start = sum(
+                rt.gate.snapshot(n).tokens_available for n in _names(settings, deployment)
+            )
             with console.status(f"submitting {batch}"):
                 report = jobs.submit(
                     lines_to_send(batch, earlier), job_id=job_id, deployment=deployment,
@@ -144,13 +155,25 @@ def run(
                 )  # fmt: skip
             # A resumed job on a configured Redis: its failures are tried again too.
             replayed = jobs.replay(job_id)[0] if existed and earlier.failed else 0
+            # Replayed requests were estimated by an earlier submit: no pace for them.
+            sent_estimate = 0 if replayed else report.tokens_estimated
             console.print(
                 f"job [bold]{escape(job_id)}[/]: {report.submitted + replayed} requests queued"
                 + (f", {report.skipped} already in the job" if report.skipped else "")
                 + (f", {len(report.rejected)} lines rejected" if report.rejected else "")
             )
             print_rejected(report)
-            follow(rt, jobs, job_id, local=local, deployments=_names(settings, deployment))
+            now = jobs.status(job_id)
+            pending = now.total - now.counts["done"] - now.counts["failed"]
+            # Nothing queued and nothing left of an earlier run: a finished batch run
+            # again has nothing to wait for (a job that never came to be never finishes).
+            if report.submitted + replayed or pending > 0:
+                follow(rt, jobs, job_id, local=local, deployments=_names(settings, deployment))
+            else:
+                console.print(
+                    f"nothing left to send: every line of {escape(str(batch))} has its "
+                    f"line in {escape(str(output))}"
+                )
         except (KeyboardInterrupt, WorkerError) as exc:
             # Whatever stops the run, what is done is written out below.
             stopped_by = exc
@@ -172,13 +195,32 @@ def run(
             failed = status.counts["failed"]
             elapsed = time.monotonic() - started
             deps = [settings.deployment(n) for n in _names(settings, deployment)]
+            # A pace only for a run whose every request was sent and done: cancelled or
+            # interrupted requests were never charged, and a run's estimate is of what it
+            # submitted (not of what earlier runs of the job did).
+            finished = stopped_by is None and status.counts["done"] == status.total
+            charged = sent_estimate if finished else 0
             console.print(
-                job_table(status, title=f"job {escape(job_id)}", elapsed=elapsed, deployments=deps)
+                job_table(
+                    status,
+                    title=f"job {escape(job_id)}",
+                    elapsed=elapsed,
+                    deployments=deps,
+                    charged=charged,
+                    free_at_start=free_at_start,
+                )  # fmt: skip
             )
             failures = failures_table(jobs, job_id)
             if failures is not None:
                 console.print(failures)
-            for note in (failure_reasons(jobs, job_id), stops_lines(rt)):
+            # `run` has no workers to restart and its job may be on a private Redis:
+            # with the key fixed, the same command sends the failed requests again.
+            again = resume_command(batch, output, named_job)
+            remedy = (
+                f"fix its api_key, then run the same command again ({again}): the failed "
+                "requests are sent again"
+            )
+            for note in (failure_reasons(jobs, job_id), stops_lines(rt, remedy)):
                 if note is not None:
                     console.print(note, soft_wrap=True)
         console.print(f"wrote {lines(len(done))} to [bold]{escape(str(output))}[/]")

@@ -69,8 +69,13 @@ def replay(job: JobArg) -> None:
     """Resubmit a job's dead letters (once their cause is fixed)."""
     rt = cluster()
     replayed, skipped = Jobs(rt.settings, rt.jobs).replay(job)
-    console.print(f"job {escape(job)}: {replayed} requests resubmitted, {skipped} not "
-                  "replayable (invalid input lines)")  # fmt: skip
+    if not replayed and not skipped:
+        console.print(f"job {escape(job)}: nothing to replay (it has no failed requests)")
+        return
+    console.print(
+        f"job {escape(job)}: {replayed} requests resubmitted"
+        + (f", {skipped} not replayable (invalid input lines)" if skipped else "")
+    )
 
 
 def cancel(job: JobArg) -> None:

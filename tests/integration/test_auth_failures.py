@@ -71,6 +71,13 @@ def test_edge_run_with_a_wrong_key_exits_non_zero_and_says_why(tmp_path: Path, s
     assert "20 requests failed" in done.stderr
     assert "failed by reason: auth_failed 20" in done.stdout
     assert "stopped sim: deployment 'sim' stopped after" in done.stdout
+    # Not the cluster's "restart the workers, then `quotaflow replay JOB`": `run` has
+    # neither, and its job may be on a private Redis that `replay` cannot reach.
+    assert "replay JOB" not in done.stdout and "restart the workers" not in done.stdout
+    assert (
+        "fix its api_key, then run the same command again (quotaflow run batch.jsonl -o "
+        "out.jsonl): the failed requests are sent again"
+    ) in " ".join(done.stdout.split()), done.stdout
     lines = read_jsonl(tmp_path / "out.jsonl")
     assert sorted(line["custom_id"] for line in lines) == sorted(ids)
     assert {line["error"]["code"] for line in lines} == {"auth_failed"}

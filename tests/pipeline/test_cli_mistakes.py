@@ -17,8 +17,9 @@ from support.cli import cli_env, quotaflow, write_batch
 from pipeline import app
 from pipeline.app import configure
 from pipeline.batchfile import read_batch
+from pipeline.redis_server import free_port
 from pipeline.views import budget_view
-from settings import Settings
+from settings import Settings, settings_env
 from tasks.runtime import current
 
 pytestmark = pytest.mark.timeout(120)
@@ -65,6 +66,21 @@ def test_edge_a_cut_off_json_line_is_reported_where_it_ends(tmp_path: Path) -> N
     assert errors[2] == f"line 3: not valid JSON: Expecting ',' delimiter at column {column}"
 
 
+def test_edge_a_line_without_a_body_says_so_in_json_words(tmp_path: Path) -> None:
+    # Not "body must be a JSON object, got NoneType": the user wrote JSON, not Python.
+    head = {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions"}
+    path = tmp_path / "b.jsonl"
+    rows = [head, {**head, "custom_id": "b", "body": None}, {**head, "custom_id": "c", "body": [1]}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + "[1, 2]\n")
+    errors = [str(e) for e in read_batch(path)]
+    assert errors == [
+        'line 1: body is missing: give the request as "body": {...}',
+        "line 2: body must be a JSON object, got null",
+        "line 3: body must be a JSON object, got an array",
+        "line 4: must be a JSON object, got an array",
+    ]
+
+
 def test_edge_version_is_printed(tmp_path: Path) -> None:
     done = quotaflow("--version", cwd=tmp_path, env=cli_env())
     assert done.returncode == 0
@@ -94,3 +110,40 @@ def test_edge_the_budget_footnote_says_what_its_counts_span(
     out = Console(width=80, record=True, file=io.StringIO())
     out.print(budget_view(current(), notes=False))
     assert "* the previous" not in out.export_text()
+
+
+def test_edge_run_says_at_once_when_nothing_answers_at_the_deployment(tmp_path: Path) -> None:
+    # The simulator not started (a README reader's first slip): every call fails to
+    # connect and is retried for minutes while the run shows only "retrying".
+    port = free_port()  # nothing listens there
+    dep = {"name": "local", "kind": "compatible", "model": "gpt-4o-mini",
+           "base_url": f"http://127.0.0.1:{port}/v1", "tpm": 30_000, "rpm": 600}  # fmt: skip
+    env = cli_env(QUOTAFLOW_DEPLOYMENTS=json.dumps([dep]), QUOTAFLOW_MAX_RETRIES="1",
+                  QUOTAFLOW_BACKOFF_CAP_SECONDS="1")  # fmt: skip
+    write_batch(tmp_path / "b.jsonl", 1)
+    args = ("run", "b.jsonl", "-o", "out.jsonl", "--workers", "1", "--concurrency", "1")
+    done = quotaflow(*args, cwd=tmp_path, env=env)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    stderr = " ".join(done.stderr.split())
+    assert (
+        f"warning: nothing answers at http://127.0.0.1:{port}/v1 (deployment 'local': "
+        "connection refused): start the server first (`quotaflow simulate` for the simulator)"
+    ) in stderr, stderr
+    (line,) = (json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines())
+    assert f"connection to http://127.0.0.1:{port}/v1 failed" in line["error"]["message"]
+
+
+def test_edge_replay_of_a_job_without_failures_says_there_is_nothing_to_replay(
+    tmp_path: Path, simulator, cluster
+) -> None:  # type: ignore[no-untyped-def]
+    # Not "0 requests resubmitted, 0 not replayable (invalid input lines)".
+    c = cluster(simulator())
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    report = c.jobs.submit_bodies([{**body, "max_tokens": 5}])
+    env = cli_env(**settings_env(c.settings))
+    done = quotaflow("replay", report.job_id, cwd=tmp_path, env=env, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert (
+        done.stdout.strip() == f"job {report.job_id}: nothing to replay (it has no failed requests)"
+    )

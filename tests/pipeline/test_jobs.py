@@ -89,7 +89,7 @@ def test_a_mixed_file_runs_its_valid_lines(
     assert errors[2].startswith("line 2: not valid JSON")
     assert "custom_id is missing" in errors[3]
     assert "url must be one of" in errors[4] and "/v1/completions" in errors[4]
-    assert "body must be a JSON object, got str" in errors[5]
+    assert "body must be a JSON object, got a string" in errors[5]
     assert "messages" in errors[6]
     assert "max_tokens" in errors[7]
     assert "context window" in errors[8]

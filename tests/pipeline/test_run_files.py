@@ -73,6 +73,24 @@ def test_edge_the_same_run_after_an_interrupt_resumes_and_pays_nothing_twice(
     assert not list(tmp_path.glob("*.remaining.jsonl"))
 
 
+def test_edge_a_finished_run_run_again_ends_at_once_and_sends_nothing(
+    tmp_path: Path, simulator
+) -> None:  # type: ignore[no-untyped-def]
+    # The README's command typed twice: the second found nothing to send and waited for
+    # ever on a job that was never made (10 minutes, until Ctrl-C).
+    sim = simulator(tpm=600_000, rpm=30_000)
+    ids = write_batch(tmp_path / "batch.jsonl", 3)
+    args = ("run", "batch.jsonl", "-o", "out.jsonl", "--workers", "1")
+    first = quotaflow(*args, cwd=tmp_path, env=_env(sim))
+    assert first.returncode == 0, first.stdout + first.stderr
+    before = (tmp_path / "out.jsonl").read_bytes()
+    again = quotaflow(*args, cwd=tmp_path, env=_env(sim), timeout=60)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "nothing left to send" in again.stdout, again.stdout
+    assert (tmp_path / "out.jsonl").read_bytes() == before
+    assert sim.stats()["admitted"] == len(ids)
+
+
 def test_edge_output_naming_the_batch_is_refused(tmp_path: Path, simulator) -> None:  # type: ignore[no-untyped-def]
     sim = simulator(tpm=600_000, rpm=30_000)
     write_batch(tmp_path / "batch.jsonl", 3)
