@@ -21,7 +21,7 @@ from pipeline import (
 from pipeline.backlog import Backlog
 from pipeline.broker import deployment_queues
 from pipeline.compat import guard_restore_unacked, reuse_sync_clients
-from pipeline.preflight import check_eviction_policy
+from pipeline.preflight import check_eviction_policy, check_redis_version
 from pipeline.publish import NO_REDIS, QuotaflowAMQP, hide_arguments_from_inspect, route_task
 from settings import Settings, SettingsError, load_settings
 from tasks import runtime
@@ -129,12 +129,12 @@ def _check_worker(**_: Any) -> None:
     if settings is not None and settings.redis_url is not None:
         client = runtime.redis_client(settings.redis_url)
         try:
-            warning = check_eviction_policy(client)
+            warnings = [check_redis_version(client), check_eviction_policy(client)]
         except SettingsError as exc:
             raise SystemExit(f"quotaflow worker: {exc}") from None
         finally:
             client.close()
-        if warning is not None:
+        for warning in filter(None, warnings):
             log.warning("quotaflow worker: %s", warning)
 
 
