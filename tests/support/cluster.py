@@ -120,12 +120,6 @@ class Cluster:
         logs = "\n".join(w.log()[-3000:] for w in self.workers)
         raise AssertionError(f"job {job_id} unfinished: {self.jobs.status(job_id)}\n{logs}")
 
-    def kill(self) -> None:
-        """SIGKILL every worker: for a test's end, where nothing is checked any more."""
-        for w in self.workers:
-            w.kill()
-            w.close()
-
     def stop(self, grace: float = 15.0) -> None:
         """Warm shutdown of every worker at once (each in turn took a second or more)."""
         for w in self.workers:
