@@ -12,6 +12,7 @@ which cost more than the round trip itself.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from importlib import resources
 from typing import Any
@@ -42,6 +43,19 @@ _PASSING = (
     redis.exceptions.ClusterDownError,
     redis.exceptions.MasterDownError,
 )
+#: Their codes, and BUSY (no class of its own). Redis 6 wraps an error raised inside a
+#: script in its own ERR ("Error running script ... @user_script: 1: -READONLY ..."),
+#: which redis-py reads as a plain ResponseError: the code is found in the text.
+_PASSING_CODES = frozenset({"READONLY", "LOADING", "TRYAGAIN", "BUSY", "CLUSTERDOWN", "MASTERDOWN"})
+_SCRIPT_ERROR_CODE = re.compile(r"@user_script: ?\d+: -([A-Z]+) ")
+
+
+def _passes(exc: redis.ResponseError) -> bool:
+    """Whether an error reply means "not now", also when raised inside a script."""
+    if isinstance(exc, _PASSING) or str(exc).startswith("BUSY"):
+        return True
+    inner = _SCRIPT_ERROR_CODE.search(str(exc))
+    return inner is not None and inner.group(1) in _PASSING_CODES
 
 
 def _arg(value: str | int | float) -> bytes:
@@ -138,7 +152,7 @@ class ScriptStore:
             )
         # redis-py strips the error code (OOM, READONLY...) from the text: put it back.
         text = f"{getattr(exc, 'status_code', None) or type(exc).__name__}: {exc}"
-        if isinstance(exc, _PASSING) or str(exc).startswith("BUSY"):
+        if _passes(exc):
             return BudgetUnavailable(f"budget store cannot answer now ({text})")
         return BudgetStoreError(f"budget store error in {name}.lua ({text})")
 

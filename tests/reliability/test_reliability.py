@@ -11,7 +11,7 @@ import redis
 from kombu import Connection, Exchange, Producer
 from support.cluster import API_KEY, Cluster, cluster_settings
 from support.conformance import worst_excess
-from support.workload import SIM, bodies, check_complete
+from support.workload import SHORT_RUN, SIM, bodies, check_complete
 
 from pipeline.redis_server import RedisServer
 from tasks.runtime import current
@@ -39,9 +39,10 @@ def check_conforms(c: Cluster) -> None:
 
 def test_a_killed_worker_main_process_comes_back(simulator, cluster) -> None:  # type: ignore[no-untyped-def]
     sim = simulator(**SIM)
-    # The short countdowns of the test settings make the derived visibility timeout
-    # short, so the killed worker's messages return within the test.
-    c = cluster(sim)
+    # The short countdowns of the test settings, a short outage wait and call timeout
+    # make the derived visibility timeout short (26 s), so the killed worker's messages
+    # return within the test.
+    c = cluster(sim, **SHORT_RUN)
     (first,) = c.start_workers(1)
     report = c.jobs.submit_bodies(bodies(120, seed=7))
     deadline = time.monotonic() + 30

@@ -7,7 +7,7 @@ import time
 
 import pytest
 import redis
-from support.workload import SIM, bodies, check_complete
+from support.workload import SHORT_RUN, SIM, bodies, check_complete
 
 from pipeline.broker import queue_depth
 from settings import settings_env
@@ -19,7 +19,7 @@ def test_edge_worker_kill_recovers_with_defaults(
     simulator, cluster, redis_client: redis.Redis
 ) -> None:  # type: ignore[no-untyped-def]
     sim = simulator(**SIM)
-    c = cluster(sim)
+    c = cluster(sim, **SHORT_RUN)
     # Not hand-set: derived from the (test-sized) countdowns and run time, in the
     # workers as here.
     assert c.settings.visibility_timeout_seconds is None
