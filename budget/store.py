@@ -50,7 +50,7 @@ _PASSING_CODES = frozenset({"READONLY", "LOADING", "TRYAGAIN", "BUSY", "CLUSTERD
 _SCRIPT_ERROR_CODE = re.compile(r"@user_script: ?\d+: -([A-Z]+) ")
 
 
-def _passes(exc: redis.ResponseError) -> bool:
+def passes(exc: redis.ResponseError) -> bool:
     """Whether an error reply means "not now", also when raised inside a script."""
     if isinstance(exc, _PASSING) or str(exc).startswith("BUSY"):
         return True
@@ -152,7 +152,7 @@ class ScriptStore:
             )
         # redis-py strips the error code (OOM, READONLY...) from the text: put it back.
         text = f"{getattr(exc, 'status_code', None) or type(exc).__name__}: {exc}"
-        if _passes(exc):
+        if passes(exc):
             return BudgetUnavailable(f"budget store cannot answer now ({text})")
         return BudgetStoreError(f"budget store error in {name}.lua ({text})")
 

@@ -33,6 +33,7 @@ from budget import (
     Reservation,
 )
 from budget.estimate import Estimate, estimate_request
+from budget.store import passes
 from settings import DeploymentSettings, SettingsError
 from tasks import provider, runtime
 from tasks.deadline import DeadlineExceeded, run_with_deadline
@@ -52,6 +53,14 @@ log = logging.getLogger(__name__)
 
 #: Redis (budget or broker) unreachable: fail closed, hold the message and wait.
 _OUTAGE = (redis.ConnectionError, redis.TimeoutError, BudgetUnavailable, OperationalError)
+
+
+def _outage(exc: BaseException) -> bool:
+    """Unreachable, or an answer that means "not now" (a replica during a failover:
+    READONLY, LOADING...), from the gate or from the job store alike."""
+    return isinstance(exc, _OUTAGE) or (isinstance(exc, redis.ResponseError) and passes(exc))
+
+
 #: A deferred booking comes back `inline_seconds` before its slot and waits out the
 #: rest in place, timed on the Redis clock: an ETA fires on the consuming worker's
 #: clock, which may lag the publisher's, and an ETA task can start late on a busy
@@ -106,7 +115,9 @@ class BudgetedTask(Task):  # type: ignore[misc]
                 # keep the request.
                 log.error("budget store error, request %s held back: %s", request.custom_id, exc)
                 d.hold_back(exc)
-            except _OUTAGE as exc:
+            except Exception as exc:
+                if not _outage(exc):
+                    raise
                 if time.monotonic() > d.outage_deadline:
                     d.hold_back(exc)
                 log.error("Redis unreachable (failing closed), request waits: %s", exc)
@@ -149,10 +160,8 @@ class BudgetedTask(Task):  # type: ignore[misc]
             if isinstance(exc, PermanentProviderError):
                 d.metric("provider_responses_total", status=str(exc.status or exc.code))
             d.dead_letter(exc)
-        except (QuotaflowError, *_OUTAGE):
-            raise
         except Exception as exc:
-            if _is_celery_control(exc):
+            if isinstance(exc, QuotaflowError) or _outage(exc) or _is_celery_control(exc):
                 raise
             log.exception("request %s of job %s failed unexpectedly", r.custom_id, r.job)
             d.dead_letter(exc, code="internal_error")
@@ -285,7 +294,9 @@ class BudgetedTask(Task):  # type: ignore[misc]
         while True:
             try:
                 return self._store(d, dep, reply, estimated=estimated)
-            except _OUTAGE as exc:
+            except Exception as exc:
+                if not _outage(exc):
+                    raise
                 if time.monotonic() > d.outage_deadline:
                     d.hold_back(exc, keep=reply.as_dict())
                 log.error(

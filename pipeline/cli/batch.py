@@ -227,8 +227,10 @@ def run(
         if stopped_by is not None:
             # On a cluster the unfinished requests stay queued in this job: the resume
             # must join it. A --force run's job id is not the one derived again.
-            again = job_id if force and named_job is None and not embedded else named_job
-            command = resume_command(batch, output, again, deployment=deployment, tenant=tenant)
+            resume_job = job_id if force and named_job is None and not embedded else named_job
+            command = resume_command(
+                batch, output, resume_job, deployment=deployment, tenant=tenant
+            )
             _resume_hint(command, output, embedded=embedded)
     if isinstance(stopped_by, WorkerError):
         raise stopped_by
