@@ -49,11 +49,15 @@ lock:
 demo: install-runtime
 	$(BIN)/quotaflow demo
 
+# Tests run in TEST_WORKERS processes at once (pytest-xdist): most of the suite's time
+# is real workers and real time passing, not CPU. TEST_WORKERS=0 runs them in one.
+TEST_WORKERS ?= 3
+
 test: install
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow" -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 test-all: install
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check $(sources)
