@@ -54,3 +54,8 @@ def execute_packed(client: redis.Redis, commands: Sequence[bytes], *, retry: boo
         raise
     finally:
         pool.release(conn)
+
+
+def decoded(value: Any) -> str:
+    """A Redis reply's bytes (or an already decoded str) as str."""
+    return value.decode() if isinstance(value, bytes) else str(value)

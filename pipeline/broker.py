@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 import redis
 
+from budget.resp import decoded
+
 if TYPE_CHECKING:
     from settings import Settings
 
@@ -56,11 +58,11 @@ def raw_message_id(raw: bytes) -> str:
     if found is not None:
         return found.group(1).decode()
     try:
-        decoded = json.loads(raw)
+        parsed = json.loads(raw)
     except ValueError:
         return ""
     # An unacked entry is [message, exchange, routing_key].
-    return message_id(decoded[0] if isinstance(decoded, list) else decoded)
+    return message_id(parsed[0] if isinstance(parsed, list) else parsed)
 
 
 def deployment_queue(settings: Settings, deployment: str) -> str:
@@ -113,7 +115,7 @@ class BrokerLookup:
                 length, *hits = self._find(
                     keys=[name], args=[start, start + FIND_SLICE - 1, *wanted]
                 )
-                seen = {_text(h) for h in hits}
+                seen = {decoded(h) for h in hits}
                 found |= seen
                 wanted -= seen
                 start += FIND_SLICE
@@ -126,10 +128,6 @@ class BrokerLookup:
             found |= seen & wanted
             wanted -= seen
         return found
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 #: Most unacked messages one reading of the queue depth classifies.

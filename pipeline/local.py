@@ -179,6 +179,22 @@ class LocalWorker:
         self._log.close()
 
 
+def stop_workers(workers: list[LocalWorker], grace: float = STOP_GRACE_SECONDS) -> None:
+    """Warm shutdown of every worker at once, sharing `grace` seconds, then SIGKILL
+    to those still running (each in turn would take a second or more)."""
+    try:
+        for w in workers:
+            w.terminate()
+        deadline = time.monotonic() + grace
+        for w in workers:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                w.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+    finally:
+        for w in workers:
+            w.kill()
+            w.close()
+
+
 class LocalWorkers:
     """Start, watch and stop `count` local workers for `settings`.
 
@@ -270,16 +286,8 @@ class LocalWorkers:
         waiting kills at once. Idempotent.
         """
         try:
-            for w in self.workers:
-                w.terminate()
-            deadline = time.monotonic() + grace
-            for w in self.workers:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    w.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            stop_workers(self.workers, grace)
         finally:
-            for w in self.workers:
-                w.kill()
-                w.close()
             self.workers = []
             if self.dir is not None:
                 shutil.rmtree(self.dir, ignore_errors=True)

@@ -56,6 +56,7 @@ from celery import signals
 from redis.lock import Lock
 
 from budget import QuotaflowError
+from budget.resp import decoded
 from pipeline.broker import BrokerLookup, all_queues, queue_lists
 from pipeline.sending import send
 from settings import Settings
@@ -167,7 +168,7 @@ class Recovery:
             cursor, found = self.client.hscan(touched, cursor, count=_SCAN_STEP)
             entries = cast(dict[bytes, bytes], found)
             read += len(entries)
-            old += [(float(at), _text(cid)) for cid, at in entries.items() if float(at) < cutoff]
+            old += [(float(at), decoded(cid)) for cid, at in entries.items() if float(at) < cutoff]
             if cursor == 0:
                 break
         if cursor:
@@ -237,7 +238,7 @@ class Recovery:
         pipe.sadd(self.store.queues_key, *own)
         pipe.smembers(self.store.queues_key)
         _, known = pipe.execute()
-        return sorted(set(own) | {_text(q) for q in known})
+        return sorted(set(own) | {decoded(q) for q in known})
 
     def consuming(self, queues: list[str]) -> None:
         """Say that this worker consumes `queues` (and add them to the set of queues)."""
@@ -275,10 +276,6 @@ class Recovery:
                     "back to the settings",
                     queue, per_queue[queue], queue,
                 )  # fmt: skip
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _release(lock: Lock) -> None:

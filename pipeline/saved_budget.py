@@ -27,6 +27,7 @@ from typing import Any
 import redis
 
 from budget.keys import deployment_keys
+from budget.resp import decoded
 from settings import DeploymentSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -55,19 +56,15 @@ def _dump(client: redis.Redis, key: str) -> dict[str, Any] | None:
     kind = kind.decode() if isinstance(kind, bytes) else kind
     ttl = client.pttl(key)
     if kind == "string":
-        value: Any = _text(client.get(key))
+        value: Any = decoded(client.get(key))
     elif kind == "hash":
-        value = {_text(k): _text(v) for k, v in client.hgetall(key).items()}
+        value = {decoded(k): decoded(v) for k, v in client.hgetall(key).items()}
     elif kind == "zset":
         pairs: list[Any] = list(client.zrange(key, 0, -1, withscores=True))
-        value = [[_text(member), score] for member, score in pairs]
+        value = [[decoded(member), score] for member, score in pairs]
     else:
         return None
     return {"type": kind, "value": value, "pttl": ttl if ttl and ttl > 0 else None}
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _load(client: redis.Redis, key: str, saved: dict[str, Any]) -> None:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import redis
 
+from budget.resp import decoded
 from settings import DeploymentSettings
 
 log = logging.getLogger(__name__)
@@ -77,16 +78,12 @@ def read_stops(client: redis.Redis, prefix: str) -> list[Stop]:
     for name, raw in sorted(client.hgetall(stops_key(prefix)).items()):
         try:
             entry = json.loads(raw)
-            stop = Stop(_text(name), str(entry["key"]), str(entry["reason"]), float(entry["at"]))
+            stop = Stop(decoded(name), str(entry["key"]), str(entry["reason"]), float(entry["at"]))
         except (ValueError, KeyError, TypeError):
             continue
         if now - stop.at < AUTH_STOP_SECONDS:
             found.append(stop)
     return found
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 class AuthGuard:

@@ -15,6 +15,7 @@ from typing import Any, cast
 
 import redis
 
+from budget.resp import decoded
 from tasks.jobstate import JobKeys, job_keys
 
 #: Most jobs of the index one `OpenJobs.slice` reads.
@@ -51,7 +52,7 @@ class OpenJobs:
         cursor = int(self.client.get(self.cursor_key) or 0)
         cursor, found = self.client.zscan(self.key, cursor, count=size)
         self.client.set(self.cursor_key, cursor)
-        listed = [(_text(job), float(score)) for job, score in cast(list[Any], found)]
+        listed = [(decoded(job), float(score)) for job, score in cast(list[Any], found)]
         if not listed:
             return []
         pipe = self.client.pipeline(transaction=False)
@@ -74,7 +75,3 @@ class OpenJobs:
 
     def _keys(self, job_id: str) -> JobKeys:
         return job_keys(self.prefix, job_id)
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

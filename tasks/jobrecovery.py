@@ -13,6 +13,7 @@ from typing import Any
 
 import redis
 
+from budget.resp import decoded
 from tasks.jobstate import JobKeys
 
 
@@ -37,7 +38,7 @@ class RecoveryReads:
         k = self.keys(job_id)
         cutoff = time.time() - older_than
         old = sorted(
-            (float(at), _text(cid))
+            (float(at), decoded(cid))
             for cid, at in self.client.hscan_iter(k.touched, count=1000)
             if float(at) < cutoff
         )
@@ -58,7 +59,7 @@ class RecoveryReads:
         pipe.hmget(k.touched, custom_ids)
         states, touched = pipe.execute()
         return {
-            cid: (_text(s or b""), _text(t or b""))
+            cid: (decoded(s or b""), decoded(t or b""))
             for cid, s, t in zip(custom_ids, states, touched, strict=True)
         }
 
@@ -74,7 +75,7 @@ class RecoveryReads:
         k = self.keys(job_id)
         now = time.time()
         touched = {
-            _text(cid): float(at) for cid, at in self.client.hscan_iter(k.touched, count=1000)
+            decoded(cid): float(at) for cid, at in self.client.hscan_iter(k.touched, count=1000)
         }
         if not touched:
             return {}
@@ -90,7 +91,3 @@ class RecoveryReads:
         if ids:
             now = repr(time.time())
             self.client.hset(self.keys(job_id).touched, mapping=dict.fromkeys(ids, now))
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -13,7 +13,7 @@ from typing import Any
 
 import redis
 
-from budget.resp import command, execute_packed
+from budget.resp import command, decoded, execute_packed
 from tasks.errors import Cancelled
 from tasks.jobindex import OpenJobs, script
 from tasks.jobrecovery import RecoveryReads
@@ -25,10 +25,6 @@ from tasks.jobstate import (  # noqa: F401  - re-exported: callers import them f
     JobStatus,
     job_keys,
 )
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class JobStore(RecoveryReads):
@@ -275,7 +271,7 @@ class JobStore(RecoveryReads):
         out = {}
         for cid, raw in self.client.hgetall(self.keys(job_id).attempts).items():
             d, r = raw.split()
-            out[_text(cid)] = (int(d), int(r))
+            out[decoded(cid)] = (int(d), int(r))
         return out
 
     def record_dead(self, job_id: str, custom_id: str, entry: dict[str, Any]) -> bool:
@@ -295,7 +291,7 @@ class JobStore(RecoveryReads):
     def dead_letters(self, job_id: str) -> dict[str, str]:
         """custom_id -> raw entry JSON (raw, so a replay can claim exactly what it read)."""
         raw = self.client.hgetall(self.keys(job_id).dead)
-        return {_text(k): _text(v) for k, v in raw.items()}
+        return {decoded(k): decoded(v) for k, v in raw.items()}
 
     def cancel(self, job_id: str, entries: dict[str, dict[str, Any]]) -> int:
         """Dead-letter those of `entries` (custom_id -> dead-letter entry, with the
@@ -330,7 +326,7 @@ class JobStore(RecoveryReads):
         those whose data has expired leave it here."""
         while True:
             start = 0 if last is None else -last
-            ids = [_text(j) for j in self.client.zrange(self.index_key, start, -1)]
+            ids = [decoded(j) for j in self.client.zrange(self.index_key, start, -1)]
             if not ids:
                 return []
             pipe = self.client.pipeline(transaction=False)

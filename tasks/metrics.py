@@ -21,6 +21,7 @@ from importlib import resources
 import redis
 
 from budget import InvalidRequest
+from budget.resp import decoded
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +175,7 @@ def _well_formed(items: Iterable[tuple[bytes | str, bytes | str]], key: str) -> 
     bad: list[str] = []
     for raw_field, raw_value in items:
         try:
-            field = _text(raw_field)
+            field = decoded(raw_field)
             parse_field(field)
             out[field] = float(raw_value)
         except (ValueError, TypeError, RecursionError):  # UnicodeDecodeError is a ValueError
@@ -182,7 +183,3 @@ def _well_formed(items: Iterable[tuple[bytes | str, bytes | str]], key: str) -> 
     if bad:
         log.warning("skipped %d malformed metrics fields in %s, e.g. %s", len(bad), key, bad[0])
     return out
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import redis
-from support.workload import SIM, deliveries
+from support.workload import SIM, booked, deliveries
 
 from tasks import complete
 from tasks.runtime import current
@@ -103,12 +103,8 @@ def test_edge_a_booking_header_cannot_skip_the_gate(simulator, cluster) -> None:
     # Every call the provider sees had its own gate decision.
     sim = simulator(**SIM)
     c = cluster(sim)
-    gate = current().gate
-    cap = int(c.settings.deployments[0].token_capacity)
-    gate.reserve("sim", tokens=cap)  # empty: the next reservation is booked
-    booked = gate.reserve("sim", tokens=100)
-    assert booked.reservation is not None
-    real = dataclasses.asdict(booked.reservation)
+    reservation = booked(c)
+    real = dataclasses.asdict(reservation)
     forged = {**real, "id": "f" * 32}
     job = "g3"
     c.jobs.store.create(job)
@@ -121,7 +117,7 @@ def test_edge_a_booking_header_cannot_skip_the_gate(simulator, cluster) -> None:
     status = c.wait(job, timeout=60)
     assert status.counts["done"] == 3
     calls = sim.stats()["requests_received"]
-    admitted = {a.reservation_id for a in gate.admissions("sim")}
+    admitted = {a.reservation_id for a in current().gate.admissions("sim")}
     # The two drain reservations, the one real booking (used once), and one fresh
     # decision for each of the two messages that could not use it.
     assert calls == 3 and len(admitted) == 2 + calls

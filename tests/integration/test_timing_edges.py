@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from support.cluster import ROOT
-from support.workload import SIM
+from support.workload import SIM, booked
 
 from pipeline.local import LocalWorker
 from tasks import complete
@@ -39,13 +39,9 @@ def test_edge_headers_from_another_version_are_read_leniently(simulator, cluster
     # reply is stored from its body and usage without calling again.
     sim = simulator(**SIM)
     c = cluster(sim)
-    gate = current().gate
-    cap = int(c.settings.deployments[0].token_capacity)
-    gate.reserve("sim", tokens=cap)  # empty: the next reservation is booked
-    booked = gate.reserve("sim", tokens=100)
-    assert booked.reservation is not None
-    newer = {**dataclasses.asdict(booked.reservation), "slot_us": 1, "pool": "p"}
-    older = {k: v for k, v in dataclasses.asdict(booked.reservation).items() if k != "start_at"}
+    reservation = booked(c)
+    newer = {**dataclasses.asdict(reservation), "slot_us": 1, "pool": "p"}
+    older = {k: v for k, v in dataclasses.asdict(reservation).items() if k != "start_at"}
     older["id"] = "o" * 32
     body = {
         "id": "chatcmpl-kept",
@@ -72,8 +68,8 @@ def test_edge_headers_from_another_version_are_read_leniently(simulator, cluster
     assert sim.stats()["requests_received"] == 2
     line = c.jobs.store.get_result(job, "kept")
     assert line is not None and "kept" in str(line)
-    admitted = [a.reservation_id for a in gate.admissions("sim")]
-    assert booked.reservation.id in admitted and "o" * 32 not in admitted
+    admitted = [a.reservation_id for a in current().gate.admissions("sim")]
+    assert reservation.id in admitted and "o" * 32 not in admitted
 
 
 def worker_on(c: Any, name: str, queues: str, extra_env: dict[str, str] | None = None) -> Any:

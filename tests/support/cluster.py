@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -13,7 +11,7 @@ from typing import Any
 from pipeline import app
 from pipeline.app import configure
 from pipeline.jobs import Jobs
-from pipeline.local import LocalWorker
+from pipeline.local import LocalWorker, stop_workers
 from settings import DeploymentSettings, Settings
 from simulator import Simulator
 from tasks import runtime
@@ -121,13 +119,4 @@ class Cluster:
         raise AssertionError(f"job {job_id} unfinished: {self.jobs.status(job_id)}\n{logs}")
 
     def stop(self, grace: float = 15.0) -> None:
-        """Warm shutdown of every worker at once (each in turn took a second or more)."""
-        for w in self.workers:
-            w.terminate()
-        deadline = time.monotonic() + grace
-        for w in self.workers:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                w.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-        for w in self.workers:
-            w.kill()
-            w.close()
+        stop_workers(list(self.workers), grace)

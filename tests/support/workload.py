@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
+from budget import Reservation
 from tasks.metrics import parse_field
 from tasks.runtime import current
 
@@ -49,3 +50,13 @@ def check_complete(c: Any, job_id: str, n: int) -> None:
     assert len(ids) == n and len(set(ids)) == n
     assert all(line["response"]["status_code"] == 200 for line in lines)
     assert all(line["response"]["body"]["choices"] for line in lines)
+
+
+def booked(c: Any) -> Reservation:
+    """A reservation booked ahead on the cluster's deployment `sim` (its bucket emptied
+    first), as a deferred message carries it."""
+    gate = current().gate
+    gate.reserve("sim", tokens=int(c.settings.deployments[0].token_capacity))
+    decision = gate.reserve("sim", tokens=100)
+    assert decision.reservation is not None
+    return decision.reservation
