@@ -21,6 +21,7 @@ from celery import bootsteps
 from pipeline import installed
 from pipeline.broker import all_queues, deployment_queues, queue_lists
 from settings import Settings
+from tasks.jobstate import queues_key
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +35,6 @@ def live_key(prefix: str, queue: str) -> str:
     return f"{prefix}:live:{queue}"
 
 
-def known_key(prefix: str) -> str:
-    return f"{prefix}:queues"
-
-
 def beat(client: redis.Redis, prefix: str, queues: Iterable[str]) -> None:
     """Mark `queues` as consumed by a live worker (one round trip)."""
     names = list(queues)
@@ -46,13 +43,13 @@ def beat(client: redis.Redis, prefix: str, queues: Iterable[str]) -> None:
     pipe = client.pipeline(transaction=False)
     for queue in names:
         pipe.set(live_key(prefix, queue), 1, ex=LIVE_TTL_SECONDS)
-    pipe.sadd(known_key(prefix), *names)
+    pipe.sadd(queues_key(prefix), *names)
     pipe.execute()
 
 
 def announce(client: redis.Redis, settings: Settings) -> None:
     """Record the queues this submitter publishes to, for `status` to list."""
-    client.sadd(known_key(settings.key_prefix), *all_queues(settings))
+    client.sadd(queues_key(settings.key_prefix), *all_queues(settings))
 
 
 def known_queues(client: redis.Redis, settings: Settings) -> list[str]:
@@ -60,7 +57,7 @@ def known_queues(client: redis.Redis, settings: Settings) -> list[str]:
     ours = all_queues(settings)
     others = sorted(
         q.decode() if isinstance(q, bytes) else str(q)
-        for q in client.smembers(known_key(settings.key_prefix))
+        for q in client.smembers(queues_key(settings.key_prefix))
     )
     return ours + [q for q in others if q not in ours]
 

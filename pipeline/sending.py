@@ -18,6 +18,7 @@ import redis
 from celery import signals
 
 from pipeline.broker import all_queues
+from pipeline.liveness import announce
 from pipeline.messages import Batch, NoTemplate, Template
 from tasks import TASK_FOR_URL, runtime
 from tasks.errors import NotConfigured
@@ -134,7 +135,7 @@ def _register_queues() -> None:
     if (id(rt.redis), queues) in _registered:
         return
     try:
-        rt.redis.sadd(rt.jobs.queues_key, *queues)
+        announce(rt.redis, rt.settings)
     except redis.RedisError as exc:
         log.warning("queues not registered for recovery (Redis: %s)", exc)
         return

@@ -59,6 +59,11 @@ class JobKeys:
         return list(dataclasses.astuple(self))
 
 
+def queues_key(prefix: str) -> str:
+    """The set of every queue a request was published to or a worker consumed."""
+    return f"{prefix}:queues"
+
+
 def job_keys(prefix: str, job_id: str) -> JobKeys:
     tag = f"{prefix}:job:{{{job_id}}}"
     return JobKeys(

@@ -24,6 +24,7 @@ from tasks.jobstate import (  # noqa: F401  - re-exported: callers import them f
     JobKeys,
     JobStatus,
     job_keys,
+    queues_key,
 )
 
 
@@ -61,8 +62,7 @@ class JobStore(RecoveryReads):
 
     @property
     def queues_key(self) -> str:
-        """The set of every queue a request was published to or a worker consumed."""
-        return f"{self.prefix}:queues"
+        return queues_key(self.prefix)
 
     def create(self, job_id: str, *, meta: dict[str, str] | None = None) -> None:
         k = self.keys(job_id)

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from support.cluster import sim_deployment
+from support.waiting import wait_for
 
 from pipeline import app
 from pipeline.broker import deployment_queue
@@ -27,14 +28,6 @@ def consumed(worker: Any) -> set[str]:
     """The queues the worker's task consumer takes from now."""
     answer = app.control.inspect(destination=[node(worker)], timeout=2.0).active_queues() or {}
     return {q["name"] for q in answer.get(node(worker), [])}
-
-
-def wait_for(check: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 def test_edge_a_queue_the_operator_cancelled_stays_cancelled(

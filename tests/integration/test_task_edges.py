@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from typing import Any
 
 import pytest
 import redis
+from support.waiting import wait_for
 from support.workload import SIM, booked, deliveries
 
 from tasks import complete
@@ -24,14 +24,6 @@ def chat(text: str, max_tokens: int = 16, model: str = "gpt-4o-mini") -> dict[st
         "messages": [{"role": "user", "content": text}],
         "max_tokens": max_tokens,
     }
-
-
-def wait_for(check: Any, timeout: float, what: str, logs: Any = None) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}\n{logs() if logs else ''}")
-        time.sleep(0.1)
 
 
 def dead_entry(c: Any, job: str, cid: str) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from support.cluster import ROOT
+from support.waiting import wait_for
 from support.workload import SIM, booked
 
 from pipeline.local import LocalWorker
@@ -89,14 +90,6 @@ def lagging_clock(seconds: float) -> dict[str, str]:
 
     _, env = libfaketime.get_reload_information()
     return {**env, "FAKETIME": f"-{seconds:g}"}
-
-
-def wait_for(check: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def test_edge_a_worker_whose_clock_lags_still_uses_its_booked_slot(

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from support.cli import cli_env, quotaflow
+from support.waiting import wait_for
 
 from settings import settings_env
 from tasks import complete
@@ -25,13 +26,6 @@ def small(i: int) -> dict[str, Any]:
         "messages": [{"role": "user", "content": f"request {i}"}],
         "max_tokens": 20,
     }
-
-
-def wait_for(check: Any, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.2)
 
 
 def test_edge_cancel_sends_nothing_more_and_keeps_what_is_done(
